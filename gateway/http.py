@@ -1,0 +1,567 @@
+"""HTTP: the Litestar application — routes, JSON errors, lifespan, static viewer UI.
+
+Handlers validate input, call ``streams``/``publisher``/``snapshot`` and hand SSE responses
+to ``connections.EventStream``. Every error body is ``{"code", "message"}``; the paths are
+the contract documented in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar import Litestar, Request, Response, delete, get, post
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.response import Stream
+from litestar.static_files import create_static_files_router
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from gateway import events, offsets, snapshot
+from gateway.connections import Consumer, EventStream, OffsetAhead, Start, resolve
+from gateway.hub import Hub, Subscriber
+from gateway.metrics import Metrics
+from gateway.publisher import EventIn, Publisher, new_run_id
+from gateway.redisconn import connect
+from gateway.settings import Settings
+from gateway.streams import PublishRejected, SessionMeta, Streams
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+SSE_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",  # nginx: do not buffer this response
+    "Connection": "keep-alive",
+}
+
+
+class ApiError(Exception):
+    """An error answered as ``{"code", "message"}`` with HTTP ``status``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Runtime:
+    """Everything a request handler needs, built once per process in the lifespan."""
+
+    settings: Settings
+    streams: Streams
+    publisher: Publisher
+    hub: Hub
+    metrics: Metrics
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def _rt(request: Request[Any, Any, Any]) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def _check_id(value: str, what: str) -> str:
+    if not events.valid_id(value):
+        raise ApiError(400, "invalid_id", f"{what} {value!r} is not a valid id")
+    return value
+
+
+async def _json_body(request: Request[Any, Any, Any], *, optional: bool = False) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        if optional:
+            return {}
+        raise ApiError(400, "invalid_json", "request body is empty")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from exc
+
+
+async def _meta_or_create(rt: Runtime, sid: str) -> SessionMeta:
+    meta = await rt.streams.meta(sid)
+    if meta is None:
+        await rt.streams.ensure_session(sid)
+        meta = await rt.streams.meta(sid)
+    assert meta is not None
+    return meta
+
+
+def _resolve(meta: SessionMeta, cursor: str) -> Start:
+    try:
+        return resolve(meta, cursor)
+    except offsets.InvalidOffset as exc:
+        raise ApiError(400, "invalid_offset", str(exc)) from exc
+    except OffsetAhead as exc:
+        raise ApiError(409, "offset_ahead", str(exc)) from exc
+
+
+def _last_event_id(request: Request[Any, Any, Any]) -> str | None:
+    value = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    return value or None
+
+
+def _sse(frames: AsyncIterator[bytes]) -> Stream:
+    return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _meta_json(m: SessionMeta) -> dict[str, Any]:
+    return {
+        "session_id": m.session_id,
+        "epoch": m.epoch,
+        "status": m.status,
+        "title": m.title,
+        "first_offset": offsets.format_offset(m.epoch, m.first_seq) if m.first_seq <= m.seq else None,
+        "last_offset": offsets.format_offset(m.epoch, m.seq),
+        "run_id": m.run_id or None,
+        "run_first_offset": (
+            offsets.format_offset(m.epoch, m.run_first_seq) if m.run_first_seq else None
+        ),
+        "updated_ms": m.updated_ms,
+    }
+
+
+# --- sessions -------------------------------------------------------------------------------
+@post("/v1/sessions", status_code=201)
+async def create_session(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Create a session (or return an existing one): ``{"session_id", "offset"}``."""
+    body = await _json_body(request, optional=True)
+    sid = body.get("session_id") if isinstance(body, dict) else None
+    sid = _check_id(sid, "session_id") if sid is not None else "s-" + secrets.token_hex(6)
+    rt = _rt(request)
+    epoch, seq, created = await rt.streams.ensure_session(sid)
+    if created:
+        await rt.streams.record_activity(sid, {"status": "idle", "created": True})
+    return {"session_id": sid, "offset": offsets.format_offset(epoch, seq)}
+
+
+@get("/v1/sessions")
+async def list_sessions(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Sessions for a sidebar, most recently active first."""
+    metas = await _rt(request).streams.list_sessions()
+    return {
+        "sessions": [
+            {
+                "session_id": m.session_id,
+                "status": m.status,
+                "title": m.title,
+                "run_id": m.run_id or None,
+                "last_offset": offsets.format_offset(m.epoch, m.seq),
+                "updated_ms": m.updated_ms,
+            }
+            for m in metas
+        ]
+    }
+
+
+@get("/v1/sessions/{session_id:str}")
+async def get_session(request: Request[Any, Any, Any], session_id: str) -> dict[str, Any]:
+    """A session's metadata."""
+    meta = await _rt(request).streams.meta(_check_id(session_id, "session_id"))
+    if meta is None:
+        raise ApiError(404, "session_not_found", f"no session {session_id!r}")
+    return _meta_json(meta)
+
+
+@get("/v1/sessions/{session_id:str}/snapshot")
+async def get_snapshot(request: Request[Any, Any, Any], session_id: str) -> dict[str, Any]:
+    """The session's folded state and the offset it is valid at."""
+    res = await snapshot.load(_rt(request).streams, _check_id(session_id, "session_id"))
+    if res is None:
+        raise ApiError(404, "session_not_found", f"no session {session_id!r}")
+    return {"offset": res[0], "state": res[1]}
+
+
+# --- connections ----------------------------------------------------------------------------
+@post("/v1/sessions/{session_id:str}/connections", status_code=201)
+async def create_connection(request: Request[Any, Any, Any], session_id: str) -> dict[str, Any]:
+    """Create a consumer with a stored offset: ``{"connection_id", "offset", "commit"}``."""
+    rt = _rt(request)
+    sid = _check_id(session_id, "session_id")
+    body = await _json_body(request, optional=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "body must be a JSON object")
+    cursor = body.get("from", "live")
+    commit = body.get("commit", "auto")
+    if not isinstance(cursor, str):
+        raise ApiError(400, "invalid_offset", "from must be start, run, live or an offset")
+    if commit not in ("auto", "manual"):
+        raise ApiError(400, "invalid_commit", "commit must be auto or manual")
+    meta = await _meta_or_create(rt, sid)
+    if cursor in ("start", "run", "live"):
+        start = _resolve(meta, cursor)
+        offset = offsets.format_offset(start.epoch, start.after_seq)
+    else:
+        _resolve(meta, cursor)  # validates; other epochs and trims are reported on attach
+        offset = str(offsets.parse(cursor))
+    cid = "c-" + secrets.token_hex(8)
+    await rt.streams.create_connection(sid, cid, offset, commit, rt.settings.connection_ttl)
+    rt.metrics.connections_created.inc()
+    return {"connection_id": cid, "offset": offset, "commit": commit}
+
+
+@get("/v1/sessions/{session_id:str}/connections/{connection_id:str}")
+async def get_connection(
+    request: Request[Any, Any, Any], session_id: str, connection_id: str
+) -> dict[str, Any]:
+    """A consumer's stored offset and commit mode."""
+    conn = await _rt(request).streams.get_connection(
+        _check_id(session_id, "session_id"), _check_id(connection_id, "connection_id")
+    )
+    if conn is None:
+        raise ApiError(404, "connection_not_found", f"no connection {connection_id!r}")
+    return {"connection_id": conn.connection_id, "offset": conn.offset, "commit": conn.commit}
+
+
+@get("/v1/sessions/{session_id:str}/connections/{connection_id:str}/events")
+async def connection_events(
+    request: Request[Any, Any, Any], session_id: str, connection_id: str
+) -> Stream:
+    """SSE from the consumer's stored offset (``Last-Event-ID`` wins when present)."""
+    rt = _rt(request)
+    sid = _check_id(session_id, "session_id")
+    cid = _check_id(connection_id, "connection_id")
+    conn = await rt.streams.get_connection(sid, cid)
+    if conn is None:
+        raise ApiError(404, "connection_not_found", f"no connection {cid!r}")
+    explicit = _last_event_id(request)
+    meta = await _meta_or_create(rt, sid)
+    start = _resolve(meta, explicit or conn.offset)
+    token = secrets.token_hex(8)
+    stored = offsets.format_offset(start.epoch, start.after_seq)
+    moved = await rt.streams.commit(
+        sid,
+        cid,
+        stored,
+        rt.settings.connection_ttl,
+        forward_only=not (explicit or start.reset),
+        token=token,
+    )
+    if moved is None:
+        raise ApiError(404, "connection_not_found", f"no connection {cid!r}")
+    rt.metrics.attaches.inc()
+    if conn.token:
+        rt.metrics.reattaches.inc()
+    await rt.streams.announce_attach(sid, cid, token)
+    stream = EventStream(
+        streams=rt.streams,
+        hub=rt.hub,
+        settings=rt.settings,
+        metrics=rt.metrics,
+        session_id=sid,
+        start=start,
+        consumer=Consumer(cid, conn.commit, token),
+    )
+    return _sse(stream.frames())
+
+
+@post("/v1/sessions/{session_id:str}/connections/{connection_id:str}/ack", status_code=204)
+async def ack(request: Request[Any, Any, Any], session_id: str, connection_id: str) -> None:
+    """Manual commit: move the stored offset forward to ``{"offset"}``."""
+    rt = _rt(request)
+    sid = _check_id(session_id, "session_id")
+    cid = _check_id(connection_id, "connection_id")
+    body = await _json_body(request)
+    raw = body.get("offset") if isinstance(body, dict) else None
+    if not isinstance(raw, str):
+        raise ApiError(400, "invalid_offset", "body must be {\"offset\": <offset>}")
+    try:
+        off = offsets.parse(raw)
+    except offsets.InvalidOffset as exc:
+        raise ApiError(400, "invalid_offset", str(exc)) from exc
+    epoch, head = await rt.streams.head_seqs(sid)
+    if epoch == off.epoch and off.seq > head:
+        raise ApiError(409, "offset_ahead", f"offset {raw} is beyond the last event")
+    if await rt.streams.commit(sid, cid, str(off), rt.settings.connection_ttl, forward_only=True) is None:
+        raise ApiError(404, "connection_not_found", f"no connection {cid!r}")
+
+
+@delete("/v1/sessions/{session_id:str}/connections/{connection_id:str}", status_code=204)
+async def delete_connection(
+    request: Request[Any, Any, Any], session_id: str, connection_id: str
+) -> None:
+    """Forget the consumer and end any stream attached to it, on any replica."""
+    rt = _rt(request)
+    sid = _check_id(session_id, "session_id")
+    cid = _check_id(connection_id, "connection_id")
+    if not await rt.streams.delete_connection(sid, cid):
+        raise ApiError(404, "connection_not_found", f"no connection {cid!r}")
+    await rt.streams.announce_attach(sid, cid, "deleted")
+
+
+# --- plain stream and publishing --------------------------------------------------------------
+@get("/v1/sessions/{session_id:str}/events")
+async def session_events(request: Request[Any, Any, Any], session_id: str) -> Stream:
+    """Resumable SSE without a stored consumer: ``?from=`` or ``Last-Event-ID``."""
+    rt = _rt(request)
+    sid = _check_id(session_id, "session_id")
+    cursor = _last_event_id(request) or request.query_params.get("from") or "start"
+    start = _resolve(await _meta_or_create(rt, sid), cursor)
+    stream = EventStream(
+        streams=rt.streams, hub=rt.hub, settings=rt.settings, metrics=rt.metrics,
+        session_id=sid, start=start,
+    )
+    return _sse(stream.frames())
+
+
+@post("/v1/sessions/{session_id:str}/events", status_code=201)
+async def publish_events(request: Request[Any, Any, Any], session_id: str) -> dict[str, Any]:
+    """Publish one event or ``{"events": [...]}`` atomically: ``{"offsets": [...]}``."""
+    rt = _rt(request)
+    sid = _check_id(session_id, "session_id")
+    body = await _json_body(request)
+    if isinstance(body, dict) and "events" in body:
+        items = body["events"]
+        if not isinstance(items, list) or not items:
+            raise ApiError(400, "invalid_request", "events must be a non-empty list")
+        if len(items) > MAX_BATCH:
+            raise ApiError(413, "batch_too_large", f"at most {MAX_BATCH} events per batch")
+    else:
+        items = [body]
+    batch = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ApiError(400, "invalid_event", f"event {i} is not a JSON object")
+        batch.append(EventIn(item.get("type"), item.get("data") or {}, item.get("run_id")))  # type: ignore[arg-type]
+    try:
+        offs = await rt.publisher.publish_batch(sid, batch)
+    except events.InvalidEvent as exc:
+        raise ApiError(400, exc.code, str(exc)) from exc
+    except PublishRejected as exc:
+        raise ApiError(409, exc.code, f"publish rejected: {exc.code}") from exc
+    rt.metrics.events_published.inc(len(offs))
+    return {"offsets": offs}
+
+
+# --- commands -------------------------------------------------------------------------------
+@post("/v1/sessions/{session_id:str}/runs", status_code=202)
+async def start_run(request: Request[Any, Any, Any], session_id: str) -> dict[str, Any]:
+    """Start a run: publishes ``run.started`` and queues the command for a worker."""
+    rt = _rt(request)
+    sid = _check_id(session_id, "session_id")
+    body = await _json_body(request)
+    text = body.get("input") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "invalid_input", "input must be a non-empty string")
+    run_id = new_run_id()
+    try:
+        await rt.publisher.start_run(sid, text, run_id=run_id, exclusive=True)
+    except PublishRejected as exc:
+        raise ApiError(409, exc.code, "the session already has a running run") from exc
+    await rt.streams.enqueue_command(
+        {"kind": "run", "session_id": sid, "run_id": run_id, "input": text}
+    )
+    return {"run_id": run_id}
+
+
+@post("/v1/sessions/{session_id:str}/runs/{run_id:str}/cancel", status_code=202)
+async def cancel_run(request: Request[Any, Any, Any], session_id: str, run_id: str) -> dict[str, Any]:
+    """Ask the worker running ``run_id`` to stop; it publishes the one ``run.cancelled``."""
+    rt = _rt(request)
+    sid = _check_id(session_id, "session_id")
+    _check_id(run_id, "run_id")
+    meta = await rt.streams.meta(sid)
+    if meta is None:
+        raise ApiError(404, "session_not_found", f"no session {sid!r}")
+    if meta.run_id != run_id or meta.status != "running":
+        raise ApiError(409, "run_not_active", f"run {run_id!r} is not running")
+    await rt.streams.request_cancel(sid, run_id)
+    await rt.streams.enqueue_command({"kind": "cancel", "session_id": sid, "run_id": run_id})
+    return {}
+
+
+@post("/v1/sessions/{session_id:str}/approvals/{approval_id:str}", status_code=200)
+async def answer_approval(
+    request: Request[Any, Any, Any], session_id: str, approval_id: str
+) -> dict[str, Any]:
+    """Answer a pending approval once: publishes ``approval.resolved``."""
+    rt = _rt(request)
+    sid = _check_id(session_id, "session_id")
+    aid = _check_id(approval_id, "approval_id")
+    body = await _json_body(request)
+    decision = body.get("decision") if isinstance(body, dict) else None
+    if decision not in ("approve", "deny"):
+        raise ApiError(400, "invalid_decision", "decision must be approve or deny")
+    run_id = await rt.streams.approval_run(sid, aid)
+    if run_id is None:
+        raise ApiError(404, "approval_not_found", f"no approval {aid!r}")
+    try:
+        offs = await rt.publisher.publish_batch(
+            sid, [EventIn("approval.resolved", {"approval_id": aid, "decision": decision}, run_id)]
+        )
+    except PublishRejected as exc:
+        status = 404 if exc.code == "approval_not_found" else 409
+        raise ApiError(status, exc.code, f"approval {aid!r}: {exc.code}") from exc
+    return {"offset": offs[0]}
+
+
+# --- activity feed --------------------------------------------------------------------------
+@get("/v1/activity")
+async def activity(request: Request[Any, Any, Any]) -> Stream:
+    """SSE feed of session status changes; ``Last-Event-ID`` resumes."""
+    rt = _rt(request)
+    after = _last_event_id(request) or await rt.streams.last_activity_id()
+    return _sse(_activity_frames(rt, after))
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def _activity_frames(rt: Runtime, after: str) -> AsyncIterator[bytes]:
+    try:
+        last = _id_key(after)
+    except ValueError:
+        last, after = (0, 0), "0-0"
+    inbox: list[str] = []
+    sub = Subscriber(rt.settings.queue_size, on_raw=inbox.append)
+    channel = rt.streams.activity_channel
+    gauge = rt.metrics.open_streams.labels("activity")
+    gauge.inc()
+    try:
+        await rt.hub.subscribe(channel, sub)
+        yield f"retry: {rt.settings.sse_retry_ms}\n\n".encode()
+        backlog = [f"{i}\t{p}" for i, p in await rt.streams.read_activity(after)]
+        while True:
+            out = []
+            for line in backlog + inbox:
+                sid, _, payload = line.partition("\t")
+                key = _id_key(sid)
+                if key > last:
+                    last = key
+                    out.append(f"id: {sid}\nevent: session\ndata: {payload}\n\n")
+            backlog, inbox[:] = [], []
+            if out:
+                yield "".join(out).encode()
+            sub.wakeup.clear()
+            if inbox:
+                continue
+            try:
+                await asyncio.wait_for(sub.wakeup.wait(), rt.settings.heartbeat_interval)
+            except TimeoutError:
+                yield b": hb\n\n"
+    finally:
+        rt.hub.unsubscribe(channel, sub)
+        gauge.dec()
+
+
+# --- operations -----------------------------------------------------------------------------
+@get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process serves requests."""
+    return {"status": "ok"}
+
+
+@get("/readyz")
+async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
+    """Readiness: Redis answers a PING."""
+    try:
+        await _rt(request).streams.redis.ping()
+    except (RedisError, OSError) as exc:
+        return Response({"code": "redis_unavailable", "message": str(exc)}, status_code=503)
+    return Response({"status": "ready"})
+
+
+@get("/metrics")
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus text exposition of this process's series."""
+    return Response(generate_latest(_rt(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- errors and app -------------------------------------------------------------------------
+def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, str]]:
+    return Response({"code": exc.code, "message": exc.message}, status_code=exc.status)
+
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, str]]:
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return Response({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
+
+
+def _redis_error(_: Request[Any, Any, Any], exc: RedisError) -> Response[dict[str, str]]:
+    log.warning("redis error: %r", exc)
+    return Response(
+        {"code": "redis_unavailable", "message": "the event store is unavailable, retry"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    log.exception("unhandled error", exc_info=exc)
+    return Response(
+        {"code": "internal_error", "message": "internal error"},
+        status_code=HTTP_500_INTERNAL_SERVER_ERROR,
+    )
+
+
+def create_app(settings: Settings | None = None, *, run_worker: bool = False) -> Litestar:
+    """Build the gateway application.
+
+    Args:
+        settings: defaults to :class:`Settings` read from the environment.
+        run_worker: also run the demo agent worker in this process (``gateway demo``).
+    """
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
+        redis = connect(settings)
+        streams = Streams(redis, settings.key_prefix)
+        m = Metrics()
+        hub = Hub(redis, m)
+        await hub.start()
+        rt = Runtime(settings, streams, Publisher(streams, settings.retention_maxlen), hub, m)
+        if run_worker:
+            from gateway.worker import DemoWorker
+
+            worker = DemoWorker(streams, rt.publisher, settings)
+            rt.background.append(asyncio.create_task(worker.run_forever()))
+        app.state.runtime = rt
+        try:
+            yield
+        finally:
+            for task in rt.background:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            await hub.stop()
+            await redis.aclose()
+
+    handlers: list[Any] = [
+        create_session, list_sessions, get_session, get_snapshot,
+        create_connection, get_connection, connection_events, ack, delete_connection,
+        session_events, publish_events, start_run, cancel_run, answer_approval,
+        activity, healthz, readyz, metrics,
+    ]
+    if settings.frontend_dir.is_dir():
+        handlers.append(
+            create_static_files_router(
+                path="/", directories=[settings.frontend_dir], html_mode=True,
+                include_in_schema=False,
+            )
+        )
+    return Litestar(
+        route_handlers=handlers,
+        lifespan=[lifespan],
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            RedisError: _redis_error,
+            Exception: _internal_error,
+        },
+        openapi_config=OpenAPIConfig(title="Agent stream gateway", version="0.1.0"),
+    )

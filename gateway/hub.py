@@ -1,0 +1,241 @@
+"""Hub: the per-process fan-out of live frames from Redis to local viewers.
+
+One Pub/Sub connection per process, shared by every local viewer. A session's channel is
+subscribed only while at least one local viewer needs it (reference counted), so Redis
+connections stay constant as viewers grow. Each viewer gets a bounded queue; a viewer whose
+queue overflows is flagged to fall back to catch-up reads from the log instead of growing
+memory. After a Pub/Sub reconnect every viewer is flagged the same way, because frames
+published meanwhile were lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from gateway.metrics import Metrics
+from gateway.streams import StoredEvent, parse_live_frame
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBE_TIMEOUT = 5.0
+
+
+class Subscriber:
+    """One local viewer's live inbox for one channel.
+
+    ``events`` holds at most ``maxsize`` entries; ``overflowed`` means entries were dropped
+    and the viewer must re-read the log. ``epoch`` is the log epoch of the last live frame.
+    ``kicked`` is set when the viewer's connection id was attached elsewhere.
+    """
+
+    __slots__ = (
+        "connection_id",
+        "epoch",
+        "events",
+        "kicked",
+        "maxsize",
+        "on_raw",
+        "overflowed",
+        "token",
+        "wakeup",
+    )
+
+    def __init__(
+        self,
+        maxsize: int,
+        connection_id: str = "",
+        token: str = "",
+        on_raw: Callable[[str], None] | None = None,
+    ) -> None:
+        self.maxsize = maxsize
+        self.connection_id = connection_id
+        self.token = token
+        self.events: deque[StoredEvent] = deque()
+        self.epoch = ""
+        self.overflowed = False
+        self.kicked = False
+        self.wakeup = asyncio.Event()
+        self.on_raw = on_raw
+
+    def push(self, epoch: str, events: list[StoredEvent]) -> bool:
+        """Queue live events; returns False when this push made the queue overflow."""
+        self.wakeup.set()
+        if self.overflowed:
+            return True  # already falling back to the log; nothing to queue
+        if (self.epoch and epoch != self.epoch) or len(self.events) + len(events) > self.maxsize:
+            # Full queue, or a re-created log: only a read of the log can tell what follows.
+            self.events.clear()
+            self.overflowed = True
+            return False
+        self.epoch = epoch
+        self.events.extend(events)
+        return True
+
+    def lost_frames(self) -> None:
+        """Frames may have been missed (reconnect): force a catch-up."""
+        self.events.clear()
+        self.overflowed = True
+        self.wakeup.set()
+
+    def kick(self) -> None:
+        """End this viewer: its connection id was attached by a newer stream."""
+        self.kicked = True
+        self.wakeup.set()
+
+
+class Hub:
+    """Shares one Redis Pub/Sub connection among all local viewers.
+
+    Usage: ``await hub.subscribe(channel, sub)`` (returns once Redis confirmed the
+    subscription, so a catch-up read after it cannot miss a frame), then
+    ``hub.unsubscribe(channel, sub)`` when the viewer goes away.
+    """
+
+    def __init__(self, redis: Redis, metrics: Metrics, sharded: bool = False) -> None:
+        self.redis = redis
+        self.metrics = metrics
+        self.sharded = sharded
+        self._pubsub: PubSub | None = None
+        self._subs: dict[str, set[Subscriber]] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._active = asyncio.Event()
+        self._closing = False
+
+    async def start(self) -> None:
+        """Start the reader task."""
+        self._pubsub = self.redis.pubsub()
+        self._task = asyncio.create_task(self._run(), name="hub-reader")
+
+    async def stop(self) -> None:
+        """Stop reading and release the Pub/Sub connection."""
+        self._closing = True
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+
+    @property
+    def channel_count(self) -> int:
+        """Channels with at least one local subscriber."""
+        return len(self._subs)
+
+    async def subscribe(self, channel: str, sub: Subscriber) -> None:
+        """Register ``sub`` on ``channel``; waits (bounded) for Redis to confirm."""
+        assert self._pubsub is not None, "hub not started"
+        subs = self._subs.get(channel)
+        if subs is not None:
+            subs.add(sub)
+            confirmed = self._confirmed.get(channel)
+            if confirmed is not None and not confirmed.is_set():
+                await self._wait(channel, confirmed)
+            return
+        self._subs[channel] = {sub}
+        confirmed = asyncio.Event()
+        self._confirmed[channel] = confirmed
+        self.metrics.hub_channels.set(len(self._subs))
+        try:
+            await self._pubsub.subscribe(channel)
+        except Exception:
+            self.metrics.redis_errors.inc()
+            log.warning("hub: subscribe %s failed; viewer relies on catch-up", channel)
+            sub.lost_frames()
+            return
+        self._active.set()
+        await self._wait(channel, confirmed)
+
+    async def _wait(self, channel: str, confirmed: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(confirmed.wait(), SUBSCRIBE_TIMEOUT)
+        except TimeoutError:
+            log.warning("hub: no confirmation for %s after %ss", channel, SUBSCRIBE_TIMEOUT)
+
+    def unsubscribe(self, channel: str, sub: Subscriber) -> None:
+        """Deregister ``sub``; the channel is unsubscribed when its last viewer leaves."""
+        subs = self._subs.get(channel)
+        if subs is None:
+            return
+        subs.discard(sub)
+        if subs:
+            return
+        del self._subs[channel]
+        self._confirmed.pop(channel, None)
+        self.metrics.hub_channels.set(len(self._subs))
+        if self._pubsub is not None and not self._closing:
+            task = asyncio.create_task(self._unsubscribe(channel))
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _unsubscribe(self, channel: str) -> None:
+        assert self._pubsub is not None
+        # A viewer may have come back while this task was scheduled.
+        if channel in self._subs:
+            return
+        try:
+            await self._pubsub.unsubscribe(channel)
+        except Exception:
+            self.metrics.redis_errors.inc()
+
+    async def _run(self) -> None:
+        assert self._pubsub is not None
+        backoff = 0.1
+        while not self._closing:
+            if not self._pubsub.subscribed:
+                self._active.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._active.wait(), 1.0)
+                continue
+            try:
+                msg = await self._pubsub.get_message(timeout=1.0)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.redis_errors.inc()
+                log.warning("hub: pubsub error %r; reconnecting in %.1fs", exc, backoff)
+                for subs in self._subs.values():
+                    for sub in subs:
+                        sub.lost_frames()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if msg is not None:
+                self._dispatch(msg)
+
+    def _dispatch(self, msg: dict[str, object]) -> None:
+        kind = msg.get("type")
+        channel = str(msg.get("channel"))
+        if kind in ("subscribe", "ssubscribe"):
+            ev = self._confirmed.get(channel)
+            if ev is not None:
+                ev.set()
+            return
+        if kind not in ("message", "smessage"):
+            return
+        subs = self._subs.get(channel)
+        if not subs:
+            return
+        data = str(msg["data"])
+        if data.startswith("E"):
+            epoch, events = parse_live_frame(data)
+            for sub in subs:
+                if not sub.push(epoch, events):
+                    self.metrics.slow_consumer_fallbacks.inc()
+        elif data.startswith("K\t"):
+            _, cid, token = data.split("\t", 2)
+            for sub in subs:
+                if sub.connection_id == cid and sub.token != token:
+                    sub.kick()
+        else:
+            for sub in subs:
+                if sub.on_raw is not None:
+                    sub.on_raw(data)

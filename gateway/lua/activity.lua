@@ -1,0 +1,9 @@
+-- Record a session status change in the global activity feed and notify live readers.
+-- KEYS: 1 sessions index (sorted set), 2 activity stream.
+-- ARGV: 1 session id, 2 payload JSON, 3 channel, 4 maxlen, 5 publish command.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'p', ARGV[2])
+redis.call(ARGV[5], ARGV[3], id .. '\t' .. ARGV[2])
+return id

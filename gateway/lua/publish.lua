@@ -1,0 +1,61 @@
+-- Atomic publish of one event or a batch to a session's log.
+-- KEYS: 1 meta hash, 2 log stream, 3 approvals hash
+-- ARGV: 1 epoch candidate, 2 maxlen, 3 live channel, 4 exclusive run start ("1"/"0"),
+--       5 publish command (PUBLISH or SPUBLISH), 6 event count,
+--       then 5 per event: type, run_id, data (JSON text), aux1, aux2
+-- Returns {"ok", epoch, first_seq, last_seq, ts_ms} or {error_code}.
+local meta, log, approvals = KEYS[1], KEYS[2], KEYS[3]
+local n = tonumber(ARGV[6])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  -- A new log: anything left under the log key belongs to a previous epoch.
+  epoch = ARGV[1]
+  redis.call('DEL', log, approvals)
+  redis.call('HSET', meta, 'epoch', epoch, 'seq', 0, 'status', 'idle', 'created_ms', now)
+end
+
+-- Validate the whole batch before writing anything, so a rejected batch stores nothing.
+for i = 0, n - 1 do
+  local b = 7 + i * 5
+  local typ = ARGV[b]
+  if typ == 'approval.resolved' then
+    local cur = redis.call('HGET', approvals, ARGV[b + 3])
+    if not cur then return {'approval_not_found'} end
+    if cur ~= 'pending' then return {'approval_already_resolved'} end
+  elseif typ == 'run.started' and ARGV[4] == '1' then
+    if redis.call('HGET', meta, 'status') == 'running' then return {'run_active'} end
+  end
+end
+
+local seq = tonumber(redis.call('HGET', meta, 'seq'))
+local first = seq + 1
+local lines = {'E\t' .. epoch}
+for i = 0, n - 1 do
+  local b = 7 + i * 5
+  local typ, run, data, aux1, aux2 = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  seq = seq + 1
+  redis.call('XADD', log, 'MAXLEN', '~', ARGV[2], seq .. '-0',
+    't', typ, 'r', run, 'd', data, 'ts', now)
+  if typ == 'run.started' then
+    redis.call('HSET', meta, 'status', 'running', 'run_id', run, 'run_first_seq', seq)
+    redis.call('HDEL', meta, 'cancel_requested')
+  elseif typ == 'run.completed' or typ == 'run.failed' or typ == 'run.cancelled' then
+    -- A late terminal of an older run must not end the run that is running now.
+    if redis.call('HGET', meta, 'run_id') == run then
+      redis.call('HSET', meta, 'status', 'idle', 'last_run_status', string.sub(typ, 5))
+    end
+  elseif typ == 'session.title' then
+    redis.call('HSET', meta, 'title', aux1)
+  elseif typ == 'approval.requested' then
+    redis.call('HSET', approvals, aux1, 'pending', aux1 .. ':run', run)
+  elseif typ == 'approval.resolved' then
+    redis.call('HSET', approvals, aux1, aux2)
+  end
+  lines[#lines + 1] = seq .. '\t' .. now .. '\t' .. typ .. '\t' .. run .. '\t' .. data
+end
+redis.call('HSET', meta, 'seq', seq, 'updated_ms', now)
+redis.call(ARGV[5], ARGV[3], table.concat(lines, '\n'))
+return {'ok', epoch, first, seq, now}

@@ -1,0 +1,172 @@
+"""Publisher: the asyncio API agent workers use to append events to a session's log.
+
+Each call is one Redis round trip: a server-side script assigns the next sequence numbers,
+XADDs with explicit IDs, trims to the retention limit, updates the session's metadata and
+notifies live readers. Status changes (run start/end, title) are also recorded in the global
+activity feed with a second, rare round trip, kept apart so a session's script touches only
+keys of its own Cluster slot.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import events
+from gateway.streams import PublishResult, Streams
+
+EventSpec = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EventIn:
+    """An event to publish: ``type``, ``data`` (JSON object) and optional ``run_id``."""
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+class Publisher:
+    """Publishes events for agent workers.
+
+    Args:
+        streams: the Redis layer.
+        retention_maxlen: events kept per session (approximate trim, in entries).
+
+    Every method raises :class:`gateway.events.InvalidEvent` for malformed input, before
+    anything is stored, and :class:`gateway.streams.PublishRejected` when the log refuses
+    (an approval already answered, a run already active).
+    """
+
+    def __init__(self, streams: Streams, retention_maxlen: int = 20_000) -> None:
+        self.streams = streams
+        self.retention_maxlen = retention_maxlen
+        self._indexed: set[str] = set()
+
+    async def publish(
+        self,
+        session_id: str,
+        type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> str:
+        """Append one event; returns its offset."""
+        return (await self.publish_batch(session_id, [EventIn(type, data or {}, run_id)]))[0]
+
+    async def publish_batch(
+        self, session_id: str, batch: Sequence[EventIn], *, exclusive_run: bool = False
+    ) -> list[str]:
+        """Append ``batch`` atomically and in order; returns the offsets, one per event.
+
+        ``exclusive_run`` refuses a ``run.started`` while another run is active
+        (``PublishRejected("run_active")``).
+        """
+        if not events.valid_id(session_id):
+            raise events.InvalidEvent("invalid_id", f"session_id {session_id!r} is not valid")
+        if not batch:
+            return []
+        encoded = [events.encode(e.type, e.data, e.run_id) for e in batch]
+        result = await self.streams.publish(
+            session_id,
+            encoded,  # type: ignore[arg-type]
+            maxlen=self.retention_maxlen,
+            exclusive_run=exclusive_run,
+        )
+        await self._record_activity(session_id, batch, result)
+        return result.offsets()
+
+    async def _record_activity(
+        self, session_id: str, batch: Sequence[EventIn], result: PublishResult
+    ) -> None:
+        change: dict[str, Any] = {}
+        for e in batch:
+            if e.type == "run.started":
+                change.update(status="running", run_id=e.run_id)
+            elif e.type in events.TERMINAL:
+                change.update(status="idle", run_id=e.run_id, run_status=e.type[4:])
+            elif e.type == "session.title":
+                change["title"] = e.data.get("title")
+        if not change and session_id in self._indexed:
+            return
+        self._indexed.add(session_id)
+        change["ts"] = result.ts
+        await self.streams.record_activity(session_id, change)
+
+    async def start_run(
+        self, session_id: str, input: str, *, run_id: str | None = None, exclusive: bool = False
+    ) -> Run:
+        """Publish ``run.started`` and return a :class:`Run` handle for the rest of the turn."""
+        run = Run(self, session_id, run_id or new_run_id())
+        await self.publish_batch(
+            session_id, [EventIn("run.started", {"input": input}, run.run_id)], exclusive_run=exclusive
+        )
+        return run
+
+
+def new_run_id() -> str:
+    """A fresh run id (``r-`` + 12 hex digits)."""
+    return "r-" + uuid.uuid4().hex[:12]
+
+
+@dataclass
+class Run:
+    """Helpers for one run: every method publishes one event of ``run_id`` and returns its offset."""
+
+    publisher: Publisher
+    session_id: str
+    run_id: str
+
+    async def _emit(self, type: str, data: dict[str, Any]) -> str:
+        return await self.publisher.publish(self.session_id, type, data, run_id=self.run_id)
+
+    async def text_delta(self, text: str) -> str:
+        """``message.delta``: a piece of the answer."""
+        return await self._emit("message.delta", {"text": text})
+
+    async def reasoning_delta(self, text: str) -> str:
+        """``reasoning.delta``: a piece of the model's visible reasoning."""
+        return await self._emit("reasoning.delta", {"text": text})
+
+    async def tool_started(self, tool_call_id: str, name: str, args: dict[str, Any]) -> str:
+        """``tool.started``."""
+        return await self._emit(
+            "tool.started", {"tool_call_id": tool_call_id, "name": name, "args": args}
+        )
+
+    async def tool_completed(
+        self, tool_call_id: str, output: str, *, is_error: bool = False, duration_ms: float = 0.0
+    ) -> str:
+        """``tool.completed``; ``duration_ms`` in milliseconds."""
+        return await self._emit(
+            "tool.completed",
+            {
+                "tool_call_id": tool_call_id,
+                "output": output,
+                "is_error": is_error,
+                "duration_ms": duration_ms,
+            },
+        )
+
+    async def request_approval(self, approval_id: str, prompt: str) -> str:
+        """``approval.requested``: the run waits for a browser's decision."""
+        return await self._emit("approval.requested", {"approval_id": approval_id, "prompt": prompt})
+
+    async def set_title(self, title: str) -> str:
+        """``session.title``."""
+        return await self._emit("session.title", {"title": title})
+
+    async def complete(self) -> str:
+        """Terminal ``run.completed``."""
+        return await self._emit("run.completed", {})
+
+    async def fail(self, error: str) -> str:
+        """Terminal ``run.failed``."""
+        return await self._emit("run.failed", {"error": error})
+
+    async def cancel(self) -> str:
+        """Terminal ``run.cancelled``."""
+        return await self._emit("run.cancelled", {})

@@ -1,0 +1,44 @@
+"""Settings: every tunable of the gateway and the demo worker, read from the environment.
+
+Environment variables use the ``GATEWAY_`` prefix (``GATEWAY_HEARTBEAT_INTERVAL=5``);
+the Redis address is the conventional ``REDIS_URL``. Unset ``REDIS_URL`` means the
+embedded in-process fakeredis, which only makes sense for ``gateway demo`` and unit tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
+
+
+class Settings(BaseSettings):
+    """Gateway and worker settings. Durations are seconds, sizes are counts of events."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL")
+    )
+    key_prefix: str = "gw"
+    redis_max_connections: int = Field(
+        default=6, ge=1, description="Command connections per process (plus one Pub/Sub)."
+    )
+    retention_maxlen: int = Field(
+        default=20_000, ge=10, description="Events kept per session (approximate trim)."
+    )
+    connection_ttl: float = Field(default=3600.0, gt=0, description="Idle consumer offset TTL.")
+    heartbeat_interval: float = Field(default=15.0, gt=0)
+    auto_commit_interval: float = Field(default=0.25, gt=0)
+    queue_size: int = Field(default=512, ge=8, description="Live events buffered per viewer.")
+    catchup_page: int = Field(default=500, ge=1, description="Events per catch-up XRANGE.")
+    sse_retry_ms: int = Field(default=2000, ge=100)
+    frontend_dir: Path = _FRONTEND
+    docs_dir: Path = _FRONTEND.parent / "docs"
+    tokens_per_second: float = Field(
+        default=40.0, gt=0, description="Demo worker answer pace, in tokens per second."
+    )
+    worker_name: str | None = None

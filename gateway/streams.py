@@ -1,0 +1,399 @@
+"""Streams: the Redis key layout and every operation on it. No other module names a key.
+
+Layout (``gw`` is the configurable prefix; ``{sid}`` is a Redis Cluster hash tag, so every
+key of one session lives on one shard and its scripts stay single-slot):
+
+==============================  ==========================================================
+``gw:{sid}:log``                the session's event log, a Stream; entry ID ``<seq>-0``
+``gw:{sid}:meta``               hash: epoch, seq, status, run_id, run_first_seq, title, …
+``gw:{sid}:approvals``          hash: approval_id → ``pending`` | ``approve`` | ``deny``,
+                                and ``<approval_id>:run`` → the run that asked
+``gw:{sid}:conn:<cid>``         hash: a consumer's committed offset, commit mode, attach
+                                token; expires when unused
+``gw:{sid}:snap``               hash: the latest stored snapshot and its offset
+``gw:{sid}:live``               Pub/Sub channel: new entries (``E`` frames) and attach
+                                take-overs (``K`` frames)
+``gw:{_global}:sessions``       sorted set: session id scored by last activity (ms)
+``gw:{_global}:activity``       capped Stream of session status changes (+ channel ``…:live``)
+``gw:{_global}:commands``       Stream of browser commands, read by workers as a consumer group
+==============================  ==========================================================
+
+Wire format of a live ``E`` frame: ``E\t<epoch>`` then one line per event,
+``<seq>\\t<ts_ms>\\t<type>\\t<run_id>\\t<data JSON>``. Types and ids are validated to hold no
+tab or newline, and JSON text never holds a raw control character, so the split is exact.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from gateway import offsets
+
+COMMAND_GROUP = "workers"
+ACTIVITY_MAXLEN = 2000
+COMMANDS_MAXLEN = 100_000
+TERMINAL_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
+
+
+def _script(name: str) -> str:
+    return resources.files("gateway").joinpath("lua", name).read_text("utf-8")
+
+
+class PublishRejected(Exception):
+    """The publish script refused a batch; ``code`` is machine readable.
+
+    Codes: ``approval_not_found``, ``approval_already_resolved``, ``run_active``.
+    """
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One log entry as read back from Redis (``data`` is JSON text, ``run_id`` may be '')."""
+
+    seq: int
+    ts: int
+    type: str
+    run_id: str
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """Where a batch landed: offsets ``first_seq`` … ``last_seq`` of ``epoch``; ``ts`` in ms."""
+
+    epoch: str
+    first_seq: int
+    last_seq: int
+    ts: int
+
+    def offsets(self) -> list[str]:
+        """The batch's offsets, in order."""
+        return [
+            offsets.format_offset(self.epoch, s) for s in range(self.first_seq, self.last_seq + 1)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionMeta:
+    """A session's metadata. ``first_seq`` is the oldest retained entry (``seq + 1`` if empty)."""
+
+    session_id: str
+    epoch: str
+    seq: int
+    first_seq: int
+    status: str
+    title: str
+    run_id: str
+    run_first_seq: int
+    updated_ms: int
+    created_ms: int
+    cancel_requested: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConnection:
+    """A consumer's stored state: committed ``offset``, ``commit`` mode, attach ``token``."""
+
+    connection_id: str
+    offset: str
+    commit: str
+    token: str
+
+
+def envelope_json(session_json: str, epoch: str, ev: StoredEvent) -> str:
+    """Serialize an event envelope without re-encoding ``data`` (it is stored as JSON text).
+
+    ``session_json`` is the JSON-encoded session id; types and ids are validated at publish
+    time to be plain ASCII tokens, so quoting them directly is exact.
+    """
+    run = f'"{ev.run_id}"' if ev.run_id else "null"
+    return (
+        f'{{"offset":"{offsets.format_offset(epoch, ev.seq)}","session_id":{session_json},'
+        f'"run_id":{run},"type":"{ev.type}","data":{ev.data},"ts":{ev.ts}}}'
+    )
+
+
+def parse_live_frame(payload: str) -> tuple[str, list[StoredEvent]]:
+    """Parse an ``E`` frame into (epoch, events)."""
+    head, _, body = payload.partition("\n")
+    out = []
+    for line in body.split("\n"):
+        seq, ts, typ, run, data = line.split("\t", 4)
+        out.append(StoredEvent(int(seq), int(ts), typ, run, data))
+    return head[2:], out
+
+
+class Streams:
+    """All Redis operations of the gateway, publisher and workers.
+
+    ``redis`` must be created with ``decode_responses=True``. ``publish_command`` is
+    ``PUBLISH`` (single node) or ``SPUBLISH`` (sharded Pub/Sub on a cluster).
+    """
+
+    def __init__(self, redis: Redis, prefix: str = "gw", publish_command: str = "PUBLISH") -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.publish_command = publish_command
+        self._publish = redis.register_script(_script("publish.lua"))
+        self._ensure = redis.register_script(_script("ensure.lua"))
+        self._commit = redis.register_script(_script("commit.lua"))
+        self._activity = redis.register_script(_script("activity.lua"))
+
+    # --- key names -------------------------------------------------------------------------
+    def _k(self, sid: str, part: str) -> str:
+        return f"{self.prefix}:{{{sid}}}:{part}"
+
+    def live_channel(self, sid: str) -> str:
+        """The Pub/Sub channel carrying a session's live frames."""
+        return self._k(sid, "live")
+
+    @property
+    def activity_channel(self) -> str:
+        """The Pub/Sub channel of the activity feed."""
+        return f"{self.prefix}:{{_global}}:activity:live"
+
+    @property
+    def _sessions_key(self) -> str:
+        return f"{self.prefix}:{{_global}}:sessions"
+
+    @property
+    def _activity_key(self) -> str:
+        return f"{self.prefix}:{{_global}}:activity"
+
+    @property
+    def _commands_key(self) -> str:
+        return f"{self.prefix}:{{_global}}:commands"
+
+    # --- publishing --------------------------------------------------------------------------
+    async def publish(
+        self,
+        sid: str,
+        events: Sequence[tuple[str, str, str, str, str]],
+        *,
+        maxlen: int,
+        exclusive_run: bool = False,
+    ) -> PublishResult:
+        """Append ``events`` (type, run_id, data JSON, aux1, aux2) atomically, in one round trip.
+
+        Raises:
+            PublishRejected: an approval was unknown/already resolved, or ``exclusive_run``
+                and the session already runs a run.
+        """
+        args: list[str | int] = [
+            offsets.new_epoch(),
+            maxlen,
+            self.live_channel(sid),
+            "1" if exclusive_run else "0",
+            self.publish_command,
+            len(events),
+        ]
+        for ev in events:
+            args.extend(ev)
+        keys = [self._k(sid, "meta"), self._k(sid, "log"), self._k(sid, "approvals")]
+        res = cast(list[Any], await self._publish(keys=keys, args=args))
+        if res[0] != "ok":
+            raise PublishRejected(str(res[0]))
+        return PublishResult(str(res[1]), int(res[2]), int(res[3]), int(res[4]))
+
+    async def record_activity(self, sid: str, change: dict[str, Any]) -> None:
+        """Index the session and append ``change`` to the activity feed (low volume)."""
+        payload = json.dumps({"session_id": sid, **change}, separators=(",", ":"))
+        await self._activity(
+            keys=[self._sessions_key, self._activity_key],
+            args=[sid, payload, self.activity_channel, ACTIVITY_MAXLEN, self.publish_command],
+        )
+
+    async def ensure_session(self, sid: str) -> tuple[str, int, bool]:
+        """Create the session's metadata if absent. Returns (epoch, last seq, created)."""
+        keys = [self._k(sid, "meta"), self._k(sid, "log"), self._k(sid, "approvals")]
+        res = cast(list[Any], await self._ensure(keys=keys, args=[offsets.new_epoch()]))
+        return str(res[0]), int(res[1]), bool(int(res[2]))
+
+    # --- reading -----------------------------------------------------------------------------
+    async def meta(self, sid: str) -> SessionMeta | None:
+        """The session's metadata and its first retained sequence, or None if unknown."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._k(sid, "meta"))
+            pipe.xrange(self._k(sid, "log"), "-", "+", count=1)
+            raw, first = await pipe.execute()
+        if not raw or "epoch" not in raw:
+            return None
+        seq = int(raw.get("seq", 0))
+        first_seq = int(first[0][0].split("-")[0]) if first else seq + 1
+        return SessionMeta(
+            session_id=sid,
+            epoch=raw["epoch"],
+            seq=seq,
+            first_seq=first_seq,
+            status=raw.get("status", "idle"),
+            title=raw.get("title", ""),
+            run_id=raw.get("run_id", ""),
+            run_first_seq=int(raw.get("run_first_seq", 0)),
+            updated_ms=int(raw.get("updated_ms", raw.get("created_ms", 0))),
+            created_ms=int(raw.get("created_ms", 0)),
+            cancel_requested=raw.get("cancel_requested", ""),
+        )
+
+    async def read(self, sid: str, after_seq: int, count: int) -> list[StoredEvent]:
+        """Up to ``count`` events with ``seq > after_seq``, in order (one XRANGE)."""
+        entries = await self.redis.xrange(self._k(sid, "log"), f"{after_seq + 1}-0", "+", count)
+        return [
+            StoredEvent(int(eid.split("-", 1)[0]), int(f["ts"]), f["t"], f["r"], f["d"])
+            for eid, f in entries
+        ]
+
+    async def head_seqs(self, sid: str) -> tuple[str | None, int]:
+        """(epoch, last seq) from the metadata alone; (None, 0) for an unknown session."""
+        epoch, seq = await self.redis.hmget(self._k(sid, "meta"), ["epoch", "seq"])
+        return epoch, int(seq or 0)
+
+    async def list_sessions(self, limit: int = 200) -> list[SessionMeta]:
+        """The most recently active sessions, newest first."""
+        ids = await self.redis.zrevrange(self._sessions_key, 0, limit - 1)
+        out = []
+        for sid in ids:
+            m = await self.meta(sid)
+            if m is not None:
+                out.append(m)
+        return out
+
+    async def read_activity(self, after_id: str, count: int = 500) -> list[tuple[str, str]]:
+        """Activity entries after stream id ``after_id`` as (id, payload JSON)."""
+        entries = await self.redis.xrange(self._activity_key, f"({after_id}", "+", count)
+        return [(eid, f["p"]) for eid, f in entries]
+
+    async def last_activity_id(self) -> str:
+        """The id of the newest activity entry, or ``0-0``."""
+        entries = await self.redis.xrevrange(self._activity_key, "+", "-", count=1)
+        return str(entries[0][0]) if entries else "0-0"
+
+    # --- approvals and cancel flags -----------------------------------------------------------
+    async def approval_state(self, sid: str, approval_id: str) -> str | None:
+        """``pending``, ``approve``, ``deny`` or None when unknown."""
+        return cast(str | None, await self.redis.hget(self._k(sid, "approvals"), approval_id))
+
+    async def approval_run(self, sid: str, approval_id: str) -> str | None:
+        """The run that requested ``approval_id``, or None when unknown."""
+        return cast(
+            str | None, await self.redis.hget(self._k(sid, "approvals"), f"{approval_id}:run")
+        )
+
+    async def request_cancel(self, sid: str, run_id: str) -> None:
+        """Flag ``run_id`` for cancellation; the worker running it polls the flag."""
+        await self.redis.hset(self._k(sid, "meta"), "cancel_requested", run_id)
+
+    async def cancel_requested(self, sid: str, run_id: str) -> bool:
+        """Whether a cancel was requested for ``run_id``."""
+        return await self.redis.hget(self._k(sid, "meta"), "cancel_requested") == run_id
+
+    # --- consumers (connections) -------------------------------------------------------------
+    async def create_connection(
+        self, sid: str, cid: str, offset: str, commit: str, ttl_s: float
+    ) -> None:
+        """Store a new consumer with its starting offset and TTL."""
+        key = self._k(sid, f"conn:{cid}")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"offset": offset, "commit": commit, "token": ""})
+            pipe.pexpire(key, int(ttl_s * 1000))
+            await pipe.execute()
+
+    async def get_connection(self, sid: str, cid: str) -> StoredConnection | None:
+        """The consumer's stored state, or None once expired or deleted."""
+        raw = await self.redis.hgetall(self._k(sid, f"conn:{cid}"))
+        if not raw:
+            return None
+        return StoredConnection(cid, raw["offset"], raw.get("commit", "auto"), raw.get("token", ""))
+
+    async def commit(
+        self, sid: str, cid: str, offset: str, ttl_s: float, *, forward_only: bool, token: str = ""
+    ) -> str | None:
+        """Store ``offset`` for the consumer and refresh its TTL.
+
+        ``forward_only`` ignores an offset older than the stored one (late acks);
+        a non-empty ``token`` records the current attachment. Returns the stored offset,
+        or None if the consumer no longer exists (it is never resurrected).
+        """
+        res = await self._commit(
+            keys=[self._k(sid, f"conn:{cid}")],
+            args=[offset, int(ttl_s * 1000), "forward" if forward_only else "set", token],
+        )
+        return cast(str | None, res) if res else None
+
+    async def touch_connection(self, sid: str, cid: str, ttl_s: float) -> None:
+        """Refresh the consumer's TTL while its stream is attached."""
+        await self.redis.pexpire(self._k(sid, f"conn:{cid}"), int(ttl_s * 1000))
+
+    async def delete_connection(self, sid: str, cid: str) -> bool:
+        """Delete the consumer; True if it existed."""
+        return bool(await self.redis.delete(self._k(sid, f"conn:{cid}")))
+
+    async def announce_attach(self, sid: str, cid: str, token: str) -> None:
+        """Tell every replica's streams of ``cid`` but the one holding ``token`` to end."""
+        await self.redis.execute_command(
+            self.publish_command, self.live_channel(sid), f"K\t{cid}\t{token}"
+        )
+
+    # --- snapshots ---------------------------------------------------------------------------
+    async def load_snapshot(self, sid: str) -> tuple[str, str] | None:
+        """The stored snapshot as (offset, state JSON), or None."""
+        raw = await self.redis.hgetall(self._k(sid, "snap"))
+        if not raw:
+            return None
+        return raw["offset"], raw["state"]
+
+    async def save_snapshot(self, sid: str, offset: str, state_json: str) -> None:
+        """Store the snapshot folded up to ``offset``."""
+        await self.redis.hset(self._k(sid, "snap"), mapping={"offset": offset, "state": state_json})
+
+    # --- commands (browser → worker) ------------------------------------------------------
+    async def enqueue_command(self, command: dict[str, str]) -> str:
+        """Append a command for the workers' consumer group; returns its stream id."""
+        return cast(
+            str,
+            await self.redis.xadd(
+                self._commands_key,
+                cast(Any, command),
+                maxlen=COMMANDS_MAXLEN,
+                approximate=True,
+            ),
+        )
+
+    async def ensure_command_group(self) -> None:
+        """Create the workers' consumer group (idempotent)."""
+        try:
+            await self.redis.xgroup_create(self._commands_key, COMMAND_GROUP, id="0", mkstream=True)
+        except Exception as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_commands(
+        self, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[str, dict[str, str]]]:
+        """New commands for ``consumer`` (XREADGROUP ``>``); ack each with :meth:`ack_command`."""
+        res = await self.redis.xreadgroup(
+            COMMAND_GROUP, consumer, {self._commands_key: ">"}, count=count, block=block_ms
+        )
+        return [(eid, fields) for _, entries in res or [] for eid, fields in entries]
+
+    async def claim_stale_commands(
+        self, consumer: str, min_idle_ms: int, count: int = 10
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Take over commands a crashed worker read but never acked (XAUTOCLAIM)."""
+        res = await self.redis.xautoclaim(
+            self._commands_key, COMMAND_GROUP, consumer, min_idle_ms, "0-0", count=count
+        )
+        return [(eid, fields) for eid, fields in res[1] if fields]
+
+    async def ack_command(self, command_id: str) -> None:
+        """Acknowledge a processed command (XACK)."""
+        await self.redis.xack(self._commands_key, COMMAND_GROUP, command_id)
