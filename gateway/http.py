@@ -252,6 +252,7 @@ async def connection_events(
     if conn.token:
         rt.metrics.reattaches.inc()
     await rt.streams.announce_attach(sid, cid, token)
+    await rt.hub.evict(rt.streams.live_channel(sid), cid, token)
     stream = EventStream(
         streams=rt.streams,
         hub=rt.hub,
@@ -296,6 +297,7 @@ async def delete_connection(
     if not await rt.streams.delete_connection(sid, cid):
         raise ApiError(404, "connection_not_found", f"no connection {cid!r}")
     await rt.streams.announce_attach(sid, cid, "deleted")
+    await rt.hub.evict(rt.streams.live_channel(sid), cid, "deleted")
 
 
 # --- plain stream and publishing --------------------------------------------------------------

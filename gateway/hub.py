@@ -37,6 +37,7 @@ class Subscriber:
 
     __slots__ = (
         "connection_id",
+        "done",
         "epoch",
         "events",
         "kicked",
@@ -62,6 +63,7 @@ class Subscriber:
         self.overflowed = False
         self.kicked = False
         self.wakeup = asyncio.Event()
+        self.done = asyncio.Event()
         self.on_raw = on_raw
 
     def push(self, epoch: str, events: list[StoredEvent]) -> bool:
@@ -160,8 +162,26 @@ class Hub:
         except TimeoutError:
             log.warning("hub: no confirmation for %s after %ss", channel, SUBSCRIBE_TIMEOUT)
 
+    async def evict(self, channel: str, connection_id: str, token: str, timeout: float = 2.0) -> None:
+        """End local streams of ``connection_id`` not holding ``token``, and wait for them.
+
+        Keeps a connection id at one open stream per process even while a browser's old
+        response is still being torn down; other replicas are told through the channel.
+        """
+        old = [
+            s
+            for s in self._subs.get(channel, ())
+            if s.connection_id == connection_id and s.token != token
+        ]
+        for sub in old:
+            sub.kick()
+        if old:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in old)), timeout)
+
     def unsubscribe(self, channel: str, sub: Subscriber) -> None:
         """Deregister ``sub``; the channel is unsubscribed when its last viewer leaves."""
+        sub.done.set()
         subs = self._subs.get(channel)
         if subs is None:
             return
