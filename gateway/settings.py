@@ -42,3 +42,6 @@ class Settings(BaseSettings):
         default=40.0, gt=0, description="Demo worker answer pace, in tokens per second."
     )
     worker_name: str | None = None
+    command_claim_idle: float = Field(
+        default=60.0, gt=0, description="Unacked command age before another worker reclaims it."
+    )

@@ -74,18 +74,17 @@ class DemoWorker:
     """Runs demo agent turns for commands from the ``workers`` consumer group.
 
     Args:
-        streams: the Redis layer; publisher: where run events go; settings: pace and name.
-        claim_idle: seconds a command may stay unacked before another worker reclaims it.
+        streams: the Redis layer; publisher: where run events go; settings: pace, name and
+            ``command_claim_idle``.
+    A command unacked for ``settings.command_claim_idle`` seconds is reclaimed.
     """
 
-    def __init__(
-        self, streams: Streams, publisher: Publisher, settings: Settings, claim_idle: float = 60.0
-    ) -> None:
+    def __init__(self, streams: Streams, publisher: Publisher, settings: Settings) -> None:
         self.streams = streams
         self.publisher = publisher
         self.settings = settings
         self.name = settings.worker_name or f"worker-{socket.gethostname()}-{os.getpid()}"
-        self.claim_idle = claim_idle
+        self.claim_idle = settings.command_claim_idle
         self.root = settings.docs_dir.parent
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -124,7 +123,10 @@ class DemoWorker:
     async def _handle(self, command_id: str, fields: dict[str, str]) -> None:
         try:
             if fields.get("kind") == "run":
-                await self.run_turn(fields["session_id"], fields["run_id"], fields["input"])
+                meta = await self.streams.meta(fields["session_id"])
+                # A reclaimed command whose run already ended must not play again.
+                if meta and meta.run_id == fields["run_id"] and meta.status == "running":
+                    await self.run_turn(fields["session_id"], fields["run_id"], fields["input"])
         except asyncio.CancelledError:
             raise  # the worker is stopping; the command stays pending for another worker
         except Exception:

@@ -1,0 +1,205 @@
+"""Browser → worker commands through Redis (a real worker process), and the HTTP contract:
+every error is JSON with a machine-readable code."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import pytest
+
+from gateway.redisconn import connect
+from gateway.settings import Settings
+from gateway.streams import Streams
+from tests.support import Gateway, Worker, sse
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(scope="module")
+def worker(redis_server):
+    w = Worker(redis_server.url, tokens_per_second=400, command_claim_idle=1)
+    yield w
+    w.stop()
+
+
+async def collect_run(client, base: str, sid: str, run_id: str, timeout: float = 30) -> list[dict]:
+    """Every envelope of ``run_id``, from the start of the log to its terminal event."""
+    out: list[dict] = []
+    async with sse(client, f"{base}/v1/sessions/{sid}/events?from=start") as s:
+        while True:
+            env = (await s.next(timeout)).json()
+            if env["run_id"] == run_id:
+                out.append(env)
+                if env["type"] in ("run.completed", "run.failed", "run.cancelled"):
+                    return out
+
+
+async def test_run_streams_reasoning_tool_and_answer(gw, worker, client, sid):
+    r = await client.post(f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "How do offsets carry the epoch?"})
+    assert r.status_code == 202, r.text
+    run_id = r.json()["run_id"]
+    again = await client.post(f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "second"})
+    assert again.status_code == 409 and again.json()["code"] == "run_active"
+    events = await collect_run(client, gw.url, sid, run_id)
+    types = [e["type"] for e in events]
+    assert types[0] == "run.started" and types[-1] == "run.completed"
+    assert "reasoning.delta" in types and "tool.completed" in types and "message.delta" in types
+    tool = next(e for e in events if e["type"] == "tool.completed")["data"]
+    assert "docs/api.md" in tool["output"]  # a real search of the project's docs
+    answer = "".join(e["data"]["text"] for e in events if e["type"] == "message.delta")
+    assert "epoch" in answer.lower()
+    meta = (await client.get(f"{gw.url}/v1/sessions/{sid}")).json()
+    assert meta["status"] == "idle" and meta["title"]
+    listed = (await client.get(f"{gw.url}/v1/sessions")).json()["sessions"]
+    assert any(s["session_id"] == sid and s["status"] == "idle" for s in listed)
+
+
+async def test_cancel_ends_exactly_that_run_once(gw, redis_server, client, sid):
+    slow = Worker(redis_server.url, tokens_per_second=5)
+    try:
+        run_id = (await client.post(f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "a slow answer about replicas"})).json()["run_id"]
+        async with sse(client, f"{gw.url}/v1/sessions/{sid}/events?from=start") as s:
+            while (await s.next(20)).event != "reasoning.delta":
+                pass
+            r = await client.post(f"{gw.url}/v1/sessions/{sid}/runs/{run_id}/cancel")
+            assert r.status_code == 202
+            terminals = []
+            while not terminals:
+                f = await s.next(20)
+                if f.event.startswith("run.") and f.event != "run.started":
+                    terminals.append(f.event)
+            assert await s.nothing_for(0.8)
+        assert terminals == ["run.cancelled"]
+        r = await client.post(f"{gw.url}/v1/sessions/{sid}/runs/{run_id}/cancel")
+        assert r.status_code == 409 and r.json()["code"] == "run_not_active"
+        # Reattaching after the cancel replays to the single terminal and then idles.
+        events = await collect_run(client, gw.url, sid, run_id)
+        assert [e["type"] for e in events].count("run.cancelled") == 1
+    finally:
+        slow.stop()
+
+
+async def test_approval_answered_once(gw, worker, client, sid):
+    run_id = (await client.post(f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "needs approval for the replica docs"})).json()["run_id"]
+
+    async def pending() -> list:
+        snap = (await client.get(f"{gw.url}/v1/sessions/{sid}/snapshot")).json()
+        return snap["state"]["pending_approvals"]
+
+    deadline = time.monotonic() + 20
+    while not (p := await pending()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert p and p[0]["run_id"] == run_id
+    aid = p[0]["approval_id"]
+    url = f"{gw.url}/v1/sessions/{sid}/approvals/{aid}"
+    bad = await client.post(url, json={"decision": "maybe"})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_decision"
+    ok, dup = await asyncio.gather(
+        client.post(url, json={"decision": "approve"}), client.post(url, json={"decision": "deny"})
+    )
+    codes = sorted([ok.status_code, dup.status_code])
+    assert codes == [200, 409], (ok.text, dup.text)
+    loser = ok if ok.status_code == 409 else dup
+    assert loser.json()["code"] == "approval_already_resolved"
+    missing = await client.post(f"{gw.url}/v1/sessions/{sid}/approvals/nope", json={"decision": "approve"})
+    assert missing.status_code == 404 and missing.json()["code"] == "approval_not_found"
+    events = await collect_run(client, gw.url, sid, run_id)
+    resolved = [e for e in events if e["type"] == "approval.resolved"]
+    assert len(resolved) == 1 and events[-1]["type"] == "run.completed"
+
+
+async def test_crashed_workers_pending_command_is_reclaimed(redis_server, client, sid):
+    """A worker that read a command and died leaves it pending; another one reclaims it."""
+    # Own key prefix: the module's live worker must not see this command first.
+    gw = Gateway(redis_server.url, key_prefix="reclaim")
+    redis = connect(Settings(redis_url=redis_server.url), role="test")
+    streams = Streams(redis, prefix="reclaim")
+    try:
+        await streams.ensure_command_group()
+        r = await client.post(f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "reclaimed question about offsets"})
+        run_id = r.json()["run_id"]
+        taken = await streams.read_commands("crashed-worker", 10, 100)  # read, never acked
+        assert [f["run_id"] for _, f in taken] == [run_id]
+        rescuer = Worker(redis_server.url, key_prefix="reclaim", tokens_per_second=400, command_claim_idle=1)
+        try:
+            events = await collect_run(client, gw.url, sid, run_id, timeout=30)
+        finally:
+            rescuer.stop()
+        assert events[-1]["type"] == "run.completed"
+        assert [e["type"] for e in events].count("run.started") == 1
+    finally:
+        gw.stop()
+        await redis.aclose()
+
+
+async def test_http_publish_contract(gw, client, sid):
+    url = f"{gw.url}/v1/sessions/{sid}/events"
+    one = await client.post(url, json={"type": "run.started", "run_id": "r1", "data": {"input": "hi"}})
+    assert one.status_code == 201 and len(one.json()["offsets"]) == 1
+    batch = await client.post(url, json={"events": [
+        {"type": "message.delta", "run_id": "r1", "data": {"text": "a"}},
+        {"type": "acme.custom_thing", "run_id": "r1", "data": {"anything": [1, 2]}},
+        {"type": "run.completed", "run_id": "r1"},
+    ]})
+    assert batch.status_code == 201
+    offs = batch.json()["offsets"]
+    assert [int(o.split("_")[1]) for o in offs] == [2, 3, 4]
+    cases = [
+        ({"type": "Bad Type", "run_id": "r1"}, 400, "invalid_event_type"),
+        ({"type": "message.delta", "run_id": "r1", "data": {"text": 5}}, 400, "invalid_event_data"),
+        ({"type": "message.delta", "data": {"text": "x"}}, 400, "missing_run_id"),
+        ({"type": "message.delta", "run_id": "bad id", "data": {"text": "x"}}, 400, "invalid_id"),
+        ({"events": []}, 400, "invalid_request"),
+        ({"events": [{"type": "message.delta", "run_id": "r", "data": {"text": "x"}}] * 501}, 413, "batch_too_large"),
+        ({"type": "approval.resolved", "run_id": "r1", "data": {"approval_id": "zz", "decision": "approve"}}, 409, "approval_not_found"),
+    ]
+    for body, status, code in cases:
+        r = await client.post(url, json=body)
+        assert (r.status_code, r.json()["code"]) == (status, code), (body, r.text)
+    r = await client.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_json"
+    # A rejected batch stores nothing: the log still ends at 4.
+    meta = (await client.get(f"{gw.url}/v1/sessions/{sid}")).json()
+    assert meta["last_offset"] == offs[-1]
+
+
+async def test_connection_lifecycle_and_errors(gw, client, sid):
+    base = f"{gw.url}/v1/sessions/{sid}/connections"
+    r = await client.post(base, json={"commit": "sometimes"})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_commit"
+    cid = (await client.post(base, json={"from": "start", "commit": "manual"})).json()["connection_id"]
+    r = await client.post(f"{base}/{cid}/ack", content=b'{"offset": "nope"}')
+    assert r.status_code == 400 and r.json()["code"] == "invalid_offset"
+    assert (await client.delete(f"{base}/{cid}")).status_code == 204
+    for method, url in [("GET", f"{base}/{cid}"), ("GET", f"{base}/{cid}/events"), ("DELETE", f"{base}/{cid}")]:
+        r = await client.request(method, url)
+        assert r.status_code == 404 and r.json()["code"] == "connection_not_found"
+    r = await client.get(f"{gw.url}/v1/sessions/never-created-{sid}")
+    assert r.status_code == 404 and r.json()["code"] == "session_not_found"
+    r = await client.get(f"{gw.url}/v1/no/such/route")
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+    created = await client.post(f"{gw.url}/v1/sessions", json={"session_id": sid + "-new"})
+    assert created.status_code == 201 and created.json()["offset"].endswith("_000000000000")
+
+
+async def test_operations_endpoints(gw, client):
+    assert (await client.get(f"{gw.url}/healthz")).json() == {"status": "ok"}
+    assert (await client.get(f"{gw.url}/readyz")).json() == {"status": "ready"}
+    text = (await client.get(f"{gw.url}/metrics")).text
+    for name in ["gateway_open_streams", "gateway_events_delivered_total", "gateway_catchup_reads_total",
+                 "gateway_reattaches_total", "gateway_redis_errors_total", "gateway_connections_created_total"]:
+        assert name in text, name
+
+
+async def test_activity_feed_reports_status_changes(gw, publisher, client, sid):
+    async with sse(client, f"{gw.url}/v1/activity") as feed:
+        run = await publisher.start_run(sid, "hi")
+        await run.set_title("A title")
+        await run.complete()
+        changes = []
+        while len(changes) < 3:
+            body = (await feed.next()).json()
+            if body["session_id"] == sid:
+                changes.append(body)
+    assert [c.get("status") for c in changes] == ["running", None, "idle"]
+    assert changes[1]["title"] == "A title"

@@ -1,0 +1,108 @@
+"""Fast unit tests on pure code and the embedded fakeredis (the ``gateway demo`` default).
+Redis behaviour itself is proven against a real redis-server in the other test modules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from gateway import events, offsets, snapshot
+from gateway.http import create_app
+from gateway.hub import Subscriber
+from gateway.settings import Settings
+from gateway.streams import StoredEvent, envelope_json, parse_live_frame
+
+
+def test_offsets_round_trip_and_order() -> None:
+    off = offsets.parse("0a1b2c3d_000000000042")
+    assert (off.epoch, off.seq) == ("0a1b2c3d", 42)
+    assert str(off) == "0a1b2c3d_000000000042" and str(off.next()).endswith("43")
+    assert offsets.format_offset("0a1b2c3d", 9) < offsets.format_offset("0a1b2c3d", 10)
+    for bad in ["", "0a1b2c3d_42", "0A1B2C3D_000000000042", "0a1b2c3d-000000000042", "x" * 21]:
+        with pytest.raises(offsets.InvalidOffset):
+            offsets.parse(bad)
+    assert len({offsets.new_epoch() for _ in range(100)}) == 100
+
+
+def test_event_validation() -> None:
+    typ, run, data, aux1, aux2 = events.encode("approval.resolved", {"approval_id": "a1", "decision": "deny"}, "r1")
+    assert (typ, run, json.loads(data), aux1, aux2) == (
+        "approval.resolved", "r1", {"approval_id": "a1", "decision": "deny"}, "a1", "deny")
+    assert events.encode("vendor.custom", {"x": [1]}, None)[1] == ""
+    with pytest.raises(events.InvalidEvent) as err:
+        events.encode("tool.completed", {"tool_call_id": "c", "output": "o", "is_error": False,
+                                         "duration_ms": True}, "r1")
+    assert err.value.code == "invalid_event_data"
+    with pytest.raises(events.InvalidEvent):
+        events.encode("run.failed", {"error": float("nan")}, "r1")
+    with pytest.raises(events.InvalidEvent) as err:
+        events.encode("message.delta", {"text": "x"}, "r\t1")
+    assert err.value.code == "invalid_id"
+    # Control characters never reach the live frame raw: JSON escapes them.
+    assert "\n" not in events.encode("message.delta", {"text": "a\nb\tc"}, "r1")[2]
+
+
+def test_live_frame_and_envelope() -> None:
+    epoch, evs = parse_live_frame('E\tdeadbeef\n7\t1000\tmessage.delta\tr1\t{"text":"a\\tb"}\n8\t1001\tsession.title\t\t{"title":"t"}')
+    assert epoch == "deadbeef" and [e.seq for e in evs] == [7, 8]
+    env = json.loads(envelope_json('"s1"', epoch, evs[1]))
+    assert env == {"offset": "deadbeef_000000000008", "session_id": "s1", "run_id": None,
+                   "type": "session.title", "data": {"title": "t"}, "ts": 1001}
+
+
+def test_fold_matches_documented_shape() -> None:
+    state = snapshot.empty_state("s")
+    for typ, data in [
+        ("run.started", {"input": "q"}), ("reasoning.delta", {"text": "hm"}),
+        ("tool.started", {"tool_call_id": "c", "name": "n", "args": {}}),
+        ("tool.completed", {"tool_call_id": "c", "output": "o", "is_error": True, "duration_ms": 3}),
+        ("approval.requested", {"approval_id": "a", "prompt": "p"}),
+        ("message.delta", {"text": "he"}), ("message.delta", {"text": "llo"}),
+    ]:
+        snapshot.apply(state, typ, "r1", data)
+    assert state["status"] == "running" and state["pending_approvals"][0]["approval_id"] == "a"
+    snapshot.apply(state, "run.failed", "r1", {"error": "boom"})
+    run = state["runs"][0]
+    assert (run["text"], run["reasoning"], run["status"], run["error"]) == ("hello", "hm", "failed", "boom")
+    assert run["tools"][0]["is_error"] and state["pending_approvals"] == [] and state["status"] == "idle"
+
+
+async def test_subscriber_overflow_falls_back_instead_of_growing() -> None:
+    sub = Subscriber(maxsize=10)
+    sub.epoch = "e"
+    ev = [StoredEvent(i, 0, "message.delta", "r", "{}") for i in range(1, 9)]
+    assert sub.push("e", ev) and len(sub.events) == 8
+    assert not sub.push("e", ev)  # would exceed 10: dropped, flagged
+    assert sub.overflowed and len(sub.events) == 0
+    assert sub.push("e", ev) and len(sub.events) == 0  # stays on catch-up until reset
+    other = Subscriber(maxsize=10)
+    other.epoch = "e"
+    assert not other.push("f", ev[:1]) and other.overflowed  # another epoch: re-read the log
+
+
+async def test_embedded_demo_runs_a_turn_on_fakeredis() -> None:
+    app = create_app(Settings(redis_url=None, tokens_per_second=2000, key_prefix="unit"), run_worker=True)
+    async with AsyncTestClient(app=app) as client:
+        r = await client.post("/v1/sessions/u1/runs", json={"input": "what is an epoch? approval please"})
+        assert r.status_code == 202
+        run_id = r.json()["run_id"]
+        for _ in range(200):
+            snap = (await client.get("/v1/sessions/u1/snapshot")).json()
+            if snap["state"]["pending_approvals"]:
+                break
+            await asyncio.sleep(0.02)
+        aid = snap["state"]["pending_approvals"][0]["approval_id"]
+        assert (await client.post(f"/v1/sessions/u1/approvals/{aid}", json={"decision": "approve"})).status_code == 200
+        for _ in range(300):
+            snap = (await client.get("/v1/sessions/u1/snapshot")).json()
+            if snap["state"]["status"] == "idle":
+                break
+            await asyncio.sleep(0.02)
+        run = snap["state"]["runs"][0]
+        assert run["run_id"] == run_id and run["status"] == "completed"
+        assert run["tools"][0]["name"] == "search_docs" and run["text"]
+        assert run["approvals"][0]["decision"] == "approve"
+        assert (await client.get("/")).status_code == 200  # the viewer UI is served
