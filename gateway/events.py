@@ -74,7 +74,7 @@ def encode(type_: str, data: dict[str, Any] | None, run_id: str | None) -> tuple
     for field, kind in _REQUIRED.get(type_, {}).items():
         value = data.get(field)
         # bool is an int subclass; a duration must not be True.
-        if not isinstance(value, kind) or (kind != bool and isinstance(value, bool)):
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             raise InvalidEvent(
                 "invalid_event_data", f"{type_} needs data.{field} of type {_name(kind)}"
             )

@@ -20,6 +20,7 @@ from typing import Any
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.params import FromPath
 from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -120,7 +121,9 @@ def _meta_json(m: SessionMeta) -> dict[str, Any]:
         "epoch": m.epoch,
         "status": m.status,
         "title": m.title,
-        "first_offset": offsets.format_offset(m.epoch, m.first_seq) if m.first_seq <= m.seq else None,
+        "first_offset": offsets.format_offset(m.epoch, m.first_seq)
+        if m.first_seq <= m.seq
+        else None,
         "last_offset": offsets.format_offset(m.epoch, m.seq),
         "run_id": m.run_id or None,
         "run_first_offset": (
@@ -164,7 +167,7 @@ async def list_sessions(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @get("/v1/sessions/{session_id:str}")
-async def get_session(request: Request[Any, Any, Any], session_id: str) -> dict[str, Any]:
+async def get_session(request: Request[Any, Any, Any], session_id: FromPath[str]) -> dict[str, Any]:
     """A session's metadata."""
     meta = await _rt(request).streams.meta(_check_id(session_id, "session_id"))
     if meta is None:
@@ -173,7 +176,9 @@ async def get_session(request: Request[Any, Any, Any], session_id: str) -> dict[
 
 
 @get("/v1/sessions/{session_id:str}/snapshot")
-async def get_snapshot(request: Request[Any, Any, Any], session_id: str) -> dict[str, Any]:
+async def get_snapshot(
+    request: Request[Any, Any, Any], session_id: FromPath[str]
+) -> dict[str, Any]:
     """The session's folded state and the offset it is valid at."""
     res = await snapshot.load(_rt(request).streams, _check_id(session_id, "session_id"))
     if res is None:
@@ -183,7 +188,9 @@ async def get_snapshot(request: Request[Any, Any, Any], session_id: str) -> dict
 
 # --- connections ----------------------------------------------------------------------------
 @post("/v1/sessions/{session_id:str}/connections", status_code=201)
-async def create_connection(request: Request[Any, Any, Any], session_id: str) -> dict[str, Any]:
+async def create_connection(
+    request: Request[Any, Any, Any], session_id: FromPath[str]
+) -> dict[str, Any]:
     """Create a consumer with a stored offset: ``{"connection_id", "offset", "commit"}``."""
     rt = _rt(request)
     sid = _check_id(session_id, "session_id")
@@ -211,7 +218,7 @@ async def create_connection(request: Request[Any, Any, Any], session_id: str) ->
 
 @get("/v1/sessions/{session_id:str}/connections/{connection_id:str}")
 async def get_connection(
-    request: Request[Any, Any, Any], session_id: str, connection_id: str
+    request: Request[Any, Any, Any], session_id: FromPath[str], connection_id: FromPath[str]
 ) -> dict[str, Any]:
     """A consumer's stored offset and commit mode."""
     conn = await _rt(request).streams.get_connection(
@@ -224,7 +231,7 @@ async def get_connection(
 
 @get("/v1/sessions/{session_id:str}/connections/{connection_id:str}/events")
 async def connection_events(
-    request: Request[Any, Any, Any], session_id: str, connection_id: str
+    request: Request[Any, Any, Any], session_id: FromPath[str], connection_id: FromPath[str]
 ) -> Stream:
     """SSE from the consumer's stored offset (``Last-Event-ID`` wins when present)."""
     rt = _rt(request)
@@ -266,7 +273,9 @@ async def connection_events(
 
 
 @post("/v1/sessions/{session_id:str}/connections/{connection_id:str}/ack", status_code=204)
-async def ack(request: Request[Any, Any, Any], session_id: str, connection_id: str) -> None:
+async def ack(
+    request: Request[Any, Any, Any], session_id: FromPath[str], connection_id: FromPath[str]
+) -> None:
     """Manual commit: move the stored offset forward to ``{"offset"}``."""
     rt = _rt(request)
     sid = _check_id(session_id, "session_id")
@@ -274,7 +283,7 @@ async def ack(request: Request[Any, Any, Any], session_id: str, connection_id: s
     body = await _json_body(request)
     raw = body.get("offset") if isinstance(body, dict) else None
     if not isinstance(raw, str):
-        raise ApiError(400, "invalid_offset", "body must be {\"offset\": <offset>}")
+        raise ApiError(400, "invalid_offset", 'body must be {"offset": <offset>}')
     try:
         off = offsets.parse(raw)
     except offsets.InvalidOffset as exc:
@@ -282,13 +291,16 @@ async def ack(request: Request[Any, Any, Any], session_id: str, connection_id: s
     epoch, head = await rt.streams.head_seqs(sid)
     if epoch == off.epoch and off.seq > head:
         raise ApiError(409, "offset_ahead", f"offset {raw} is beyond the last event")
-    if await rt.streams.commit(sid, cid, str(off), rt.settings.connection_ttl, forward_only=True) is None:
+    if (
+        await rt.streams.commit(sid, cid, str(off), rt.settings.connection_ttl, forward_only=True)
+        is None
+    ):
         raise ApiError(404, "connection_not_found", f"no connection {cid!r}")
 
 
 @delete("/v1/sessions/{session_id:str}/connections/{connection_id:str}", status_code=204)
 async def delete_connection(
-    request: Request[Any, Any, Any], session_id: str, connection_id: str
+    request: Request[Any, Any, Any], session_id: FromPath[str], connection_id: FromPath[str]
 ) -> None:
     """Forget the consumer and end any stream attached to it, on any replica."""
     rt = _rt(request)
@@ -302,21 +314,27 @@ async def delete_connection(
 
 # --- plain stream and publishing --------------------------------------------------------------
 @get("/v1/sessions/{session_id:str}/events")
-async def session_events(request: Request[Any, Any, Any], session_id: str) -> Stream:
+async def session_events(request: Request[Any, Any, Any], session_id: FromPath[str]) -> Stream:
     """Resumable SSE without a stored consumer: ``?from=`` or ``Last-Event-ID``."""
     rt = _rt(request)
     sid = _check_id(session_id, "session_id")
     cursor = _last_event_id(request) or request.query_params.get("from") or "start"
     start = _resolve(await _meta_or_create(rt, sid), cursor)
     stream = EventStream(
-        streams=rt.streams, hub=rt.hub, settings=rt.settings, metrics=rt.metrics,
-        session_id=sid, start=start,
+        streams=rt.streams,
+        hub=rt.hub,
+        settings=rt.settings,
+        metrics=rt.metrics,
+        session_id=sid,
+        start=start,
     )
     return _sse(stream.frames())
 
 
 @post("/v1/sessions/{session_id:str}/events", status_code=201)
-async def publish_events(request: Request[Any, Any, Any], session_id: str) -> dict[str, Any]:
+async def publish_events(
+    request: Request[Any, Any, Any], session_id: FromPath[str]
+) -> dict[str, Any]:
     """Publish one event or ``{"events": [...]}`` atomically: ``{"offsets": [...]}``."""
     rt = _rt(request)
     sid = _check_id(session_id, "session_id")
@@ -346,7 +364,7 @@ async def publish_events(request: Request[Any, Any, Any], session_id: str) -> di
 
 # --- commands -------------------------------------------------------------------------------
 @post("/v1/sessions/{session_id:str}/runs", status_code=202)
-async def start_run(request: Request[Any, Any, Any], session_id: str) -> dict[str, Any]:
+async def start_run(request: Request[Any, Any, Any], session_id: FromPath[str]) -> dict[str, Any]:
     """Start a run: publishes ``run.started`` and queues the command for a worker."""
     rt = _rt(request)
     sid = _check_id(session_id, "session_id")
@@ -366,7 +384,9 @@ async def start_run(request: Request[Any, Any, Any], session_id: str) -> dict[st
 
 
 @post("/v1/sessions/{session_id:str}/runs/{run_id:str}/cancel", status_code=202)
-async def cancel_run(request: Request[Any, Any, Any], session_id: str, run_id: str) -> dict[str, Any]:
+async def cancel_run(
+    request: Request[Any, Any, Any], session_id: FromPath[str], run_id: FromPath[str]
+) -> dict[str, Any]:
     """Ask the worker running ``run_id`` to stop; it publishes the one ``run.cancelled``."""
     rt = _rt(request)
     sid = _check_id(session_id, "session_id")
@@ -383,7 +403,7 @@ async def cancel_run(request: Request[Any, Any, Any], session_id: str, run_id: s
 
 @post("/v1/sessions/{session_id:str}/approvals/{approval_id:str}", status_code=200)
 async def answer_approval(
-    request: Request[Any, Any, Any], session_id: str, approval_id: str
+    request: Request[Any, Any, Any], session_id: FromPath[str], approval_id: FromPath[str]
 ) -> dict[str, Any]:
     """Answer a pending approval once: publishes ``approval.resolved``."""
     rt = _rt(request)
@@ -544,15 +564,31 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
             await redis.aclose()
 
     handlers: list[Any] = [
-        create_session, list_sessions, get_session, get_snapshot,
-        create_connection, get_connection, connection_events, ack, delete_connection,
-        session_events, publish_events, start_run, cancel_run, answer_approval,
-        activity, healthz, readyz, metrics,
+        create_session,
+        list_sessions,
+        get_session,
+        get_snapshot,
+        create_connection,
+        get_connection,
+        connection_events,
+        ack,
+        delete_connection,
+        session_events,
+        publish_events,
+        start_run,
+        cancel_run,
+        answer_approval,
+        activity,
+        healthz,
+        readyz,
+        metrics,
     ]
     if settings.frontend_dir.is_dir():
         handlers.append(
             create_static_files_router(
-                path="/", directories=[settings.frontend_dir], html_mode=True,
+                path="/",
+                directories=[settings.frontend_dir],
+                html_mode=True,
                 include_in_schema=False,
             )
         )

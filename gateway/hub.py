@@ -125,7 +125,7 @@ class Hub:
                 await self._task
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     @property
     def channel_count(self) -> int:
@@ -162,7 +162,9 @@ class Hub:
         except TimeoutError:
             log.warning("hub: no confirmation for %s after %ss", channel, SUBSCRIBE_TIMEOUT)
 
-    async def evict(self, channel: str, connection_id: str, token: str, timeout: float = 2.0) -> None:
+    async def evict(
+        self, channel: str, connection_id: str, token: str, timeout: float = 2.0
+    ) -> None:
         """End local streams of ``connection_id`` not holding ``token``, and wait for them.
 
         Keeps a connection id at one open stream per process even while a browser's old

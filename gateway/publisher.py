@@ -102,7 +102,9 @@ class Publisher:
         """Publish ``run.started`` and return a :class:`Run` handle for the rest of the turn."""
         run = Run(self, session_id, run_id or new_run_id())
         await self.publish_batch(
-            session_id, [EventIn("run.started", {"input": input}, run.run_id)], exclusive_run=exclusive
+            session_id,
+            [EventIn("run.started", {"input": input}, run.run_id)],
+            exclusive_run=exclusive,
         )
         return run
 
@@ -114,7 +116,7 @@ def new_run_id() -> str:
 
 @dataclass
 class Run:
-    """Helpers for one run: every method publishes one event of ``run_id`` and returns its offset."""
+    """Helpers for one run: each method publishes one event of ``run_id``, returns its offset."""
 
     publisher: Publisher
     session_id: str
@@ -153,7 +155,9 @@ class Run:
 
     async def request_approval(self, approval_id: str, prompt: str) -> str:
         """``approval.requested``: the run waits for a browser's decision."""
-        return await self._emit("approval.requested", {"approval_id": approval_id, "prompt": prompt})
+        return await self._emit(
+            "approval.requested", {"approval_id": approval_id, "prompt": prompt}
+        )
 
     async def set_title(self, title: str) -> str:
         """``session.title``."""

@@ -14,7 +14,11 @@ from gateway import offsets
 from gateway.streams import Streams
 
 State = dict[str, Any]
-_TERMINAL_STATUS = {"run.completed": "completed", "run.failed": "failed", "run.cancelled": "cancelled"}
+_TERMINAL_STATUS = {
+    "run.completed": "completed",
+    "run.failed": "failed",
+    "run.cancelled": "cancelled",
+}
 
 
 def empty_state(session_id: str) -> State:

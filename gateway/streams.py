@@ -25,11 +25,12 @@ tab or newline, and JSON text never holds a raw control character, so the split 
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
 
@@ -39,6 +40,16 @@ COMMAND_GROUP = "workers"
 ACTIVITY_MAXLEN = 2000
 COMMANDS_MAXLEN = 100_000
 TERMINAL_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
+
+
+T = TypeVar("T")
+
+
+async def _a(value: Awaitable[T] | T) -> T:
+    """Await a redis-py result; its asyncio stubs type results as ``Awaitable[T] | T``."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
 
 
 def _script(name: str) -> str:
@@ -254,7 +265,7 @@ class Streams:
 
     async def head_seqs(self, sid: str) -> tuple[str | None, int]:
         """(epoch, last seq) from the metadata alone; (None, 0) for an unknown session."""
-        epoch, seq = await self.redis.hmget(self._k(sid, "meta"), ["epoch", "seq"])
+        epoch, seq = await _a(self.redis.hmget(self._k(sid, "meta"), ["epoch", "seq"]))
         return epoch, int(seq or 0)
 
     async def list_sessions(self, limit: int = 200) -> list[SessionMeta]:
@@ -280,21 +291,19 @@ class Streams:
     # --- approvals and cancel flags -----------------------------------------------------------
     async def approval_state(self, sid: str, approval_id: str) -> str | None:
         """``pending``, ``approve``, ``deny`` or None when unknown."""
-        return cast(str | None, await self.redis.hget(self._k(sid, "approvals"), approval_id))
+        return await _a(self.redis.hget(self._k(sid, "approvals"), approval_id))
 
     async def approval_run(self, sid: str, approval_id: str) -> str | None:
         """The run that requested ``approval_id``, or None when unknown."""
-        return cast(
-            str | None, await self.redis.hget(self._k(sid, "approvals"), f"{approval_id}:run")
-        )
+        return await _a(self.redis.hget(self._k(sid, "approvals"), f"{approval_id}:run"))
 
     async def request_cancel(self, sid: str, run_id: str) -> None:
         """Flag ``run_id`` for cancellation; the worker running it polls the flag."""
-        await self.redis.hset(self._k(sid, "meta"), "cancel_requested", run_id)
+        await _a(self.redis.hset(self._k(sid, "meta"), "cancel_requested", run_id))
 
     async def cancel_requested(self, sid: str, run_id: str) -> bool:
         """Whether a cancel was requested for ``run_id``."""
-        return await self.redis.hget(self._k(sid, "meta"), "cancel_requested") == run_id
+        return await _a(self.redis.hget(self._k(sid, "meta"), "cancel_requested")) == run_id
 
     # --- consumers (connections) -------------------------------------------------------------
     async def create_connection(
@@ -309,7 +318,7 @@ class Streams:
 
     async def get_connection(self, sid: str, cid: str) -> StoredConnection | None:
         """The consumer's stored state, or None once expired or deleted."""
-        raw = await self.redis.hgetall(self._k(sid, f"conn:{cid}"))
+        raw = await _a(self.redis.hgetall(self._k(sid, f"conn:{cid}")))
         if not raw:
             return None
         return StoredConnection(cid, raw["offset"], raw.get("commit", "auto"), raw.get("token", ""))
@@ -331,7 +340,7 @@ class Streams:
 
     async def touch_connection(self, sid: str, cid: str, ttl_s: float) -> None:
         """Refresh the consumer's TTL while its stream is attached."""
-        await self.redis.pexpire(self._k(sid, f"conn:{cid}"), int(ttl_s * 1000))
+        await _a(self.redis.pexpire(self._k(sid, f"conn:{cid}"), int(ttl_s * 1000)))
 
     async def delete_connection(self, sid: str, cid: str) -> bool:
         """Delete the consumer; True if it existed."""
@@ -339,21 +348,23 @@ class Streams:
 
     async def announce_attach(self, sid: str, cid: str, token: str) -> None:
         """Tell every replica's streams of ``cid`` but the one holding ``token`` to end."""
-        await self.redis.execute_command(
+        await self.redis.execute_command(  # type: ignore[no-untyped-call]
             self.publish_command, self.live_channel(sid), f"K\t{cid}\t{token}"
         )
 
     # --- snapshots ---------------------------------------------------------------------------
     async def load_snapshot(self, sid: str) -> tuple[str, str] | None:
         """The stored snapshot as (offset, state JSON), or None."""
-        raw = await self.redis.hgetall(self._k(sid, "snap"))
+        raw = await _a(self.redis.hgetall(self._k(sid, "snap")))
         if not raw:
             return None
         return raw["offset"], raw["state"]
 
     async def save_snapshot(self, sid: str, offset: str, state_json: str) -> None:
         """Store the snapshot folded up to ``offset``."""
-        await self.redis.hset(self._k(sid, "snap"), mapping={"offset": offset, "state": state_json})
+        await _a(
+            self.redis.hset(self._k(sid, "snap"), mapping={"offset": offset, "state": state_json})
+        )
 
     # --- commands (browser → worker) ------------------------------------------------------
     async def enqueue_command(self, command: dict[str, str]) -> str:

@@ -29,8 +29,40 @@ log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{2,}")
 _STOP = frozenset(
-    "the and for with that this from what how does can you are was were will into about "
-    "please tell show explain give have has why when which who our your its".split()
+    [
+        "the",
+        "and",
+        "for",
+        "with",
+        "that",
+        "this",
+        "from",
+        "what",
+        "how",
+        "does",
+        "can",
+        "you",
+        "are",
+        "was",
+        "were",
+        "will",
+        "into",
+        "about",
+        "please",
+        "tell",
+        "show",
+        "explain",
+        "give",
+        "have",
+        "has",
+        "why",
+        "when",
+        "which",
+        "who",
+        "our",
+        "your",
+        "its",
+    ]
 )
 _APPROVAL = re.compile(r"\b(approv\w*|permission|confirm\w*)\b", re.IGNORECASE)
 _TOKEN = re.compile(r"\s*\S{1,6}|\s+")
@@ -150,7 +182,9 @@ class DemoWorker:
         if await self.streams.cancel_requested(run.session_id, run.run_id):
             raise Cancelled()
 
-    async def _stream(self, run: Run, text: str, reasoning: bool = False, pace: float = 1.0) -> None:
+    async def _stream(
+        self, run: Run, text: str, reasoning: bool = False, pace: float = 1.0
+    ) -> None:
         delay = 1.0 / (self.settings.tokens_per_second * pace)
         emit = run.reasoning_delta if reasoning else run.text_delta
         async for piece in self._paced(tokens(text), delay):
@@ -211,7 +245,9 @@ class DemoWorker:
     async def _approved(self, run: Run, query: str) -> bool:
         """Ask for approval and wait for a browser's decision; True when approved."""
         aid = f"ap-{run.run_id[2:]}"
-        await run.request_approval(aid, f"Allow the agent to use what it found about “{query[:60]}”?")
+        await run.request_approval(
+            aid, f"Allow the agent to use what it found about “{query[:60]}”?"
+        )
         while True:
             state = await self.streams.approval_state(run.session_id, aid)
             if state in ("approve", "deny"):

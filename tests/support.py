@@ -45,8 +45,20 @@ class RedisServer:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="gw-redis-")
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, *extra],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                *extra,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -75,7 +87,9 @@ class Proc:
     """A gateway or worker subprocess with its log in a temp file."""
 
     def __init__(self, args: list[str], env: dict[str, str], name: str) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix=f"gw-{name}-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
+            prefix=f"gw-{name}-", suffix=".log", delete=False
+        )
         self.args, self.env, self.name = args, env, name
         self.proc = self._spawn()
 
@@ -118,8 +132,16 @@ class Gateway(Proc):
     def __init__(self, redis_url: str, **settings: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "gateway", "serve", "--port", str(self.port),
-                "--log-level", "warning"]
+        args = [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
         super().__init__(args, _env(redis_url, **settings), f"gateway-{self.port}")
         self.wait_ready()
 
@@ -137,7 +159,9 @@ class Gateway(Proc):
     def metric(self, name: str, **labels: str) -> float:
         """The value of one Prometheus sample of this process (0 when absent)."""
         text = httpx.get(self.url + "/metrics", timeout=5).text
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+        want = name + (
+            "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+        )
         for line in text.splitlines():
             if line.startswith(want + " "):
                 return float(line.split()[-1])

@@ -42,8 +42,14 @@ def browser() -> Iterator[object]:
         b = p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         yield b
         b.close()
@@ -114,7 +120,9 @@ def test_switch_and_reload_mid_run_shows_exactly_what_was_published(stack, brows
 
         # Reload mid-run: the transcript is rebuilt from snapshot + stored offset.
         page.reload()
-        page.wait_for_function(f"window.gatewayApp && window.gatewayApp.currentSession() === '{first}'")
+        page.wait_for_function(
+            f"window.gatewayApp && window.gatewayApp.currentSession() === '{first}'"
+        )
         deadline = time.monotonic() + 60
         while published_answer(server, first)[0] == "running" and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+
 import pytest
 
 from gateway.redisconn import connect
@@ -35,7 +36,9 @@ async def collect_run(client, base: str, sid: str, run_id: str, timeout: float =
 
 
 async def test_run_streams_reasoning_tool_and_answer(gw, worker, client, sid):
-    r = await client.post(f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "How do offsets carry the epoch?"})
+    r = await client.post(
+        f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "How do offsets carry the epoch?"}
+    )
     assert r.status_code == 202, r.text
     run_id = r.json()["run_id"]
     again = await client.post(f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "second"})
@@ -57,7 +60,11 @@ async def test_run_streams_reasoning_tool_and_answer(gw, worker, client, sid):
 async def test_cancel_ends_exactly_that_run_once(gw, redis_server, client, sid):
     slow = Worker(redis_server.url, tokens_per_second=5)
     try:
-        run_id = (await client.post(f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "a slow answer about replicas"})).json()["run_id"]
+        run_id = (
+            await client.post(
+                f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "a slow answer about replicas"}
+            )
+        ).json()["run_id"]
         async with sse(client, f"{gw.url}/v1/sessions/{sid}/events?from=start") as s:
             while (await s.next(20)).event != "reasoning.delta":
                 pass
@@ -80,7 +87,12 @@ async def test_cancel_ends_exactly_that_run_once(gw, redis_server, client, sid):
 
 
 async def test_approval_answered_once(gw, worker, client, sid):
-    run_id = (await client.post(f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "needs approval for the replica docs"})).json()["run_id"]
+    run_id = (
+        await client.post(
+            f"{gw.url}/v1/sessions/{sid}/runs",
+            json={"input": "needs approval for the replica docs"},
+        )
+    ).json()["run_id"]
 
     async def pending() -> list:
         snap = (await client.get(f"{gw.url}/v1/sessions/{sid}/snapshot")).json()
@@ -101,7 +113,9 @@ async def test_approval_answered_once(gw, worker, client, sid):
     assert codes == [200, 409], (ok.text, dup.text)
     loser = ok if ok.status_code == 409 else dup
     assert loser.json()["code"] == "approval_already_resolved"
-    missing = await client.post(f"{gw.url}/v1/sessions/{sid}/approvals/nope", json={"decision": "approve"})
+    missing = await client.post(
+        f"{gw.url}/v1/sessions/{sid}/approvals/nope", json={"decision": "approve"}
+    )
     assert missing.status_code == 404 and missing.json()["code"] == "approval_not_found"
     events = await collect_run(client, gw.url, sid, run_id)
     resolved = [e for e in events if e["type"] == "approval.resolved"]
@@ -116,11 +130,15 @@ async def test_crashed_workers_pending_command_is_reclaimed(redis_server, client
     streams = Streams(redis, prefix="reclaim")
     try:
         await streams.ensure_command_group()
-        r = await client.post(f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "reclaimed question about offsets"})
+        r = await client.post(
+            f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "reclaimed question about offsets"}
+        )
         run_id = r.json()["run_id"]
         taken = await streams.read_commands("crashed-worker", 10, 100)  # read, never acked
         assert [f["run_id"] for _, f in taken] == [run_id]
-        rescuer = Worker(redis_server.url, key_prefix="reclaim", tokens_per_second=400, command_claim_idle=1)
+        rescuer = Worker(
+            redis_server.url, key_prefix="reclaim", tokens_per_second=400, command_claim_idle=1
+        )
         try:
             events = await collect_run(client, gw.url, sid, run_id, timeout=30)
         finally:
@@ -134,13 +152,20 @@ async def test_crashed_workers_pending_command_is_reclaimed(redis_server, client
 
 async def test_http_publish_contract(gw, client, sid):
     url = f"{gw.url}/v1/sessions/{sid}/events"
-    one = await client.post(url, json={"type": "run.started", "run_id": "r1", "data": {"input": "hi"}})
+    one = await client.post(
+        url, json={"type": "run.started", "run_id": "r1", "data": {"input": "hi"}}
+    )
     assert one.status_code == 201 and len(one.json()["offsets"]) == 1
-    batch = await client.post(url, json={"events": [
-        {"type": "message.delta", "run_id": "r1", "data": {"text": "a"}},
-        {"type": "acme.custom_thing", "run_id": "r1", "data": {"anything": [1, 2]}},
-        {"type": "run.completed", "run_id": "r1"},
-    ]})
+    batch = await client.post(
+        url,
+        json={
+            "events": [
+                {"type": "message.delta", "run_id": "r1", "data": {"text": "a"}},
+                {"type": "acme.custom_thing", "run_id": "r1", "data": {"anything": [1, 2]}},
+                {"type": "run.completed", "run_id": "r1"},
+            ]
+        },
+    )
     assert batch.status_code == 201
     offs = batch.json()["offsets"]
     assert [int(o.split("_")[1]) for o in offs] == [2, 3, 4]
@@ -150,8 +175,20 @@ async def test_http_publish_contract(gw, client, sid):
         ({"type": "message.delta", "data": {"text": "x"}}, 400, "missing_run_id"),
         ({"type": "message.delta", "run_id": "bad id", "data": {"text": "x"}}, 400, "invalid_id"),
         ({"events": []}, 400, "invalid_request"),
-        ({"events": [{"type": "message.delta", "run_id": "r", "data": {"text": "x"}}] * 501}, 413, "batch_too_large"),
-        ({"type": "approval.resolved", "run_id": "r1", "data": {"approval_id": "zz", "decision": "approve"}}, 409, "approval_not_found"),
+        (
+            {"events": [{"type": "message.delta", "run_id": "r", "data": {"text": "x"}}] * 501},
+            413,
+            "batch_too_large",
+        ),
+        (
+            {
+                "type": "approval.resolved",
+                "run_id": "r1",
+                "data": {"approval_id": "zz", "decision": "approve"},
+            },
+            409,
+            "approval_not_found",
+        ),
     ]
     for body, status, code in cases:
         r = await client.post(url, json=body)
@@ -167,11 +204,17 @@ async def test_connection_lifecycle_and_errors(gw, client, sid):
     base = f"{gw.url}/v1/sessions/{sid}/connections"
     r = await client.post(base, json={"commit": "sometimes"})
     assert r.status_code == 400 and r.json()["code"] == "invalid_commit"
-    cid = (await client.post(base, json={"from": "start", "commit": "manual"})).json()["connection_id"]
+    cid = (await client.post(base, json={"from": "start", "commit": "manual"})).json()[
+        "connection_id"
+    ]
     r = await client.post(f"{base}/{cid}/ack", content=b'{"offset": "nope"}')
     assert r.status_code == 400 and r.json()["code"] == "invalid_offset"
     assert (await client.delete(f"{base}/{cid}")).status_code == 204
-    for method, url in [("GET", f"{base}/{cid}"), ("GET", f"{base}/{cid}/events"), ("DELETE", f"{base}/{cid}")]:
+    for method, url in [
+        ("GET", f"{base}/{cid}"),
+        ("GET", f"{base}/{cid}/events"),
+        ("DELETE", f"{base}/{cid}"),
+    ]:
         r = await client.request(method, url)
         assert r.status_code == 404 and r.json()["code"] == "connection_not_found"
     r = await client.get(f"{gw.url}/v1/sessions/never-created-{sid}")
@@ -186,8 +229,14 @@ async def test_operations_endpoints(gw, client):
     assert (await client.get(f"{gw.url}/healthz")).json() == {"status": "ok"}
     assert (await client.get(f"{gw.url}/readyz")).json() == {"status": "ready"}
     text = (await client.get(f"{gw.url}/metrics")).text
-    for name in ["gateway_open_streams", "gateway_events_delivered_total", "gateway_catchup_reads_total",
-                 "gateway_reattaches_total", "gateway_redis_errors_total", "gateway_connections_created_total"]:
+    for name in [
+        "gateway_open_streams",
+        "gateway_events_delivered_total",
+        "gateway_catchup_reads_total",
+        "gateway_reattaches_total",
+        "gateway_redis_errors_total",
+        "gateway_connections_created_total",
+    ]:
         assert name in text, name
 
 

@@ -4,7 +4,6 @@ gateway replicas (``a`` and ``b``), HTTP + SSE clients and the asyncio publisher
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,13 +17,16 @@ from gateway.redisconn import connect
 from gateway.settings import Settings
 from gateway.streams import Streams
 from tests.conftest import FAST
-from tests.support import Gateway, RedisServer, seqs, sse
+from tests.support import Gateway, seqs, sse
 
 pytestmark = pytest.mark.asyncio
 
 
 async def deltas(pub: Publisher, sid: str, n: int, run_id: str = "r1", tag: str = "e") -> list[str]:
-    return [await pub.publish(sid, "message.delta", {"text": f"{tag}{i} "}, run_id=run_id) for i in range(n)]
+    return [
+        await pub.publish(sid, "message.delta", {"text": f"{tag}{i} "}, run_id=run_id)
+        for i in range(n)
+    ]
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
@@ -36,7 +38,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
     raise AssertionError("condition not met in time")
 
 
-async def connect_viewer(client: httpx.AsyncClient, base: str, sid: str, **body: Any) -> dict[str, Any]:
+async def connect_viewer(
+    client: httpx.AsyncClient, base: str, sid: str, **body: Any
+) -> dict[str, Any]:
     resp = await client.post(f"{base}/v1/sessions/{sid}/connections", json=body)
     assert resp.status_code == 201, resp.text
     return resp.json()  # type: ignore[no-any-return]
@@ -51,7 +55,9 @@ async def stored_offset(client: httpx.AsyncClient, base: str, sid: str, cid: str
 
 
 @pytest.mark.parametrize("commit", ["auto", "manual"])
-async def test_s01_reattach_with_connection_id_on_other_replica(gateways, publisher, client, sid, commit):
+async def test_s01_reattach_with_connection_id_on_other_replica(
+    gateways, publisher, client, sid, commit
+):
     a, b = gateways
     offs = await deltas(publisher, sid, 50)
     conn = await connect_viewer(client, a.url, sid, **{"from": "start", "commit": commit})
@@ -59,12 +65,16 @@ async def test_s01_reattach_with_connection_id_on_other_replica(gateways, publis
         frames = await s.take(50)
     assert seqs(frames) == list(range(1, 51))
     if commit == "manual":
-        r = await client.post(f"{a.url}/v1/sessions/{sid}/connections/{conn['connection_id']}/ack",
-                              json={"offset": frames[-1].id})
+        r = await client.post(
+            f"{a.url}/v1/sessions/{sid}/connections/{conn['connection_id']}/ack",
+            json={"offset": frames[-1].id},
+        )
         assert r.status_code == 204
     else:  # auto commit is flushed within GATEWAY_AUTO_COMMIT_INTERVAL and on disconnect
+
         async def committed() -> bool:
             return await stored_offset(client, a.url, sid, conn["connection_id"]) == offs[-1]
+
         await eventually(committed)
     more = await deltas(publisher, sid, 30, tag="m")
     async with sse(client, events_url(b.url, sid, conn["connection_id"])) as s:
@@ -81,8 +91,9 @@ async def test_s02_last_event_id_only_on_other_replica(gateways, publisher, clie
     async with sse(client, f"{a.url}/v1/sessions/{sid}/events?from=start") as s:
         frames = await s.take(50)
     await deltas(publisher, sid, 30)
-    async with sse(client, f"{b.url}/v1/sessions/{sid}/events",
-                   headers={"Last-Event-ID": frames[-1].id}) as s:
+    async with sse(
+        client, f"{b.url}/v1/sessions/{sid}/events", headers={"Last-Event-ID": frames[-1].id}
+    ) as s:
         got = await s.take(30)
         assert await s.nothing_for(0.5)
     assert seqs(got) == list(range(51, 81))
@@ -94,8 +105,11 @@ async def test_s03_last_event_id_wins_over_stored_offset(gateways, publisher, cl
     conn = await connect_viewer(client, a.url, sid, **{"from": "start", "commit": "manual"})
     cid = conn["connection_id"]
     # The client acked 60 but rendered only 50 before the connection dropped.
-    assert (await client.post(f"{a.url}/v1/sessions/{sid}/connections/{cid}/ack",
-                              json={"offset": offs[59]})).status_code == 204
+    assert (
+        await client.post(
+            f"{a.url}/v1/sessions/{sid}/connections/{cid}/ack", json={"offset": offs[59]}
+        )
+    ).status_code == 204
     async with sse(client, events_url(b.url, sid, cid), headers={"Last-Event-ID": offs[49]}) as s:
         got = await s.take(30)
     assert seqs(got) == list(range(51, 81))
@@ -191,7 +205,9 @@ async def test_s07_attach_after_run_finished_replays_once(gateways, publisher, c
     assert seqs(frames) == list(range(1, 23))
 
 
-async def test_s08_two_tabs_identical_and_stalled_tab_delays_no_one(gateways, publisher, client, sid):
+async def test_s08_two_tabs_identical_and_stalled_tab_delays_no_one(
+    gateways, publisher, client, sid
+):
     a, _ = gateways
     fallbacks_before = a.metric("gateway_slow_consumer_fallbacks_total")
     n, blob = 3000, "x" * 8000  # ~24 MB: far more than socket buffers hold
@@ -204,7 +220,8 @@ async def test_s08_two_tabs_identical_and_stalled_tab_delays_no_one(gateways, pu
         t0 = time.monotonic()
         for i in range(0, n, 100):
             await publisher.publish_batch(
-                sid, [EventIn("message.delta", {"text": blob, "i": i + j}, "r1") for j in range(100)]
+                sid,
+                [EventIn("message.delta", {"text": blob, "i": i + j}, "r1") for j in range(100)],
             )
         publish_s = time.monotonic() - t0
         got = [await reader.next() for _ in range(n)]
@@ -218,7 +235,9 @@ async def test_s08_two_tabs_identical_and_stalled_tab_delays_no_one(gateways, pu
     print(f"publish {publish_s:.2f}s, live reader done {read_s:.2f}s while one tab stalled")
 
 
-async def test_s09_second_device_snapshot_plus_tail_equals_full_view(gateways, publisher, client, sid):
+async def test_s09_second_device_snapshot_plus_tail_equals_full_view(
+    gateways, publisher, client, sid
+):
     a, b = gateways
     run = await publisher.start_run(sid, "question")
     await run.reasoning_delta("thinking ")
@@ -259,8 +278,12 @@ async def test_s10_switch_away_and_back_20_times(redis_server, publisher, client
     gw = Gateway(redis_server.url, **FAST)  # own process: its open-stream gauge is ours alone
     try:
         other = sid + "-other"
-        conn = await connect_viewer(gw.url and client, gw.url, sid, **{"from": "start", "commit": "manual"})
-        other_conn = await connect_viewer(client, gw.url, other, **{"from": "start", "commit": "manual"})
+        conn = await connect_viewer(
+            gw.url and client, gw.url, sid, **{"from": "start", "commit": "manual"}
+        )
+        other_conn = await connect_viewer(
+            client, gw.url, other, **{"from": "start", "commit": "manual"}
+        )
         cid = conn["connection_id"]
         total = 400
         max_open = 0.0
@@ -289,8 +312,9 @@ async def test_s10_switch_away_and_back_20_times(redis_server, publisher, client
                         break
                     seen.append(int(frame.id.split("_")[1]))
             if seen:
-                ack = await client.post(f"{gw.url}/v1/sessions/{sid}/connections/{cid}/ack",
-                                        json={"offset": frame.id})
+                ack = await client.post(
+                    f"{gw.url}/v1/sessions/{sid}/connections/{cid}/ack", json={"offset": frame.id}
+                )
                 assert ack.status_code == 204
             # Switch to the other session, then come back.
             async with sse(client, events_url(gw.url, other, other_conn["connection_id"])) as s:
@@ -360,7 +384,9 @@ async def test_s17_heartbeats_and_abandoned_connections_reclaimed(redis_server, 
             assert gw.metric("gateway_open_streams", kind="connection") == 1
             # While attached, heartbeats keep the stored offset alive past its TTL.
             await asyncio.sleep(1.0)
-            assert (await client.get(f"{gw.url}/v1/sessions/{sid}/connections/{cid}")).status_code == 200
+            assert (
+                await client.get(f"{gw.url}/v1/sessions/{sid}/connections/{cid}")
+            ).status_code == 200
         assert len(s.comments) >= 4, s.comments
         # The viewer walked away: the stream is released at once, the offset within its TTL.
         await eventually(
@@ -373,7 +399,9 @@ async def test_s17_heartbeats_and_abandoned_connections_reclaimed(redis_server, 
             return r.status_code == 404 and r.json()["code"] == "connection_not_found"
 
         await eventually(gone, timeout=5)
-        print(f"abandoned connection reclaimed {time.monotonic() - t0:.2f}s after the stream closed")
+        print(
+            f"abandoned connection reclaimed {time.monotonic() - t0:.2f}s after the stream closed"
+        )
     finally:
         gw.stop()
 
@@ -420,14 +448,18 @@ async def test_viewer_count_uses_constant_redis_connections(gateways, redis_serv
             await publisher.publish(s_id, "message.delta", {"text": "live"}, run_id="r1")
         await eventually(lambda: asyncio.sleep(0, len(received) == 200), timeout=20)
         clients = [
-            line for line in redis_server.cli("CLIENT", "LIST").splitlines()
-            if f"name=gateway:" in line and line.split("name=")[1].split()[0].endswith(f":{a.proc.pid}")
+            line
+            for line in redis_server.cli("CLIENT", "LIST").splitlines()
+            if "name=gateway:" in line
+            and line.split("name=")[1].split()[0].endswith(f":{a.proc.pid}")
         ]
         streams_open = a.metric("gateway_open_streams", kind="plain")
         done.set()
         await asyncio.gather(*tasks)
-    print(f"200 viewers / 20 sessions: {len(clients)} Redis connections from the gateway, "
-          f"{streams_open:.0f} open streams")
+    print(
+        f"200 viewers / 20 sessions: {len(clients)} Redis connections from the gateway, "
+        f"{streams_open:.0f} open streams"
+    )
     assert streams_open >= 200
     assert 1 <= len(clients) <= 8
     assert received == [2] * 200

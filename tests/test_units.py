@@ -28,13 +28,23 @@ def test_offsets_round_trip_and_order() -> None:
 
 
 def test_event_validation() -> None:
-    typ, run, data, aux1, aux2 = events.encode("approval.resolved", {"approval_id": "a1", "decision": "deny"}, "r1")
+    typ, run, data, aux1, aux2 = events.encode(
+        "approval.resolved", {"approval_id": "a1", "decision": "deny"}, "r1"
+    )
     assert (typ, run, json.loads(data), aux1, aux2) == (
-        "approval.resolved", "r1", {"approval_id": "a1", "decision": "deny"}, "a1", "deny")
+        "approval.resolved",
+        "r1",
+        {"approval_id": "a1", "decision": "deny"},
+        "a1",
+        "deny",
+    )
     assert events.encode("vendor.custom", {"x": [1]}, None)[1] == ""
     with pytest.raises(events.InvalidEvent) as err:
-        events.encode("tool.completed", {"tool_call_id": "c", "output": "o", "is_error": False,
-                                         "duration_ms": True}, "r1")
+        events.encode(
+            "tool.completed",
+            {"tool_call_id": "c", "output": "o", "is_error": False, "duration_ms": True},
+            "r1",
+        )
     assert err.value.code == "invalid_event_data"
     with pytest.raises(events.InvalidEvent):
         events.encode("run.failed", {"error": float("nan")}, "r1")
@@ -46,28 +56,50 @@ def test_event_validation() -> None:
 
 
 def test_live_frame_and_envelope() -> None:
-    epoch, evs = parse_live_frame('E\tdeadbeef\n7\t1000\tmessage.delta\tr1\t{"text":"a\\tb"}\n8\t1001\tsession.title\t\t{"title":"t"}')
+    epoch, evs = parse_live_frame(
+        'E\tdeadbeef\n7\t1000\tmessage.delta\tr1\t{"text":"a\\tb"}\n8\t1001\tsession.title\t\t{"title":"t"}'
+    )
     assert epoch == "deadbeef" and [e.seq for e in evs] == [7, 8]
     env = json.loads(envelope_json('"s1"', epoch, evs[1]))
-    assert env == {"offset": "deadbeef_000000000008", "session_id": "s1", "run_id": None,
-                   "type": "session.title", "data": {"title": "t"}, "ts": 1001}
+    assert env == {
+        "offset": "deadbeef_000000000008",
+        "session_id": "s1",
+        "run_id": None,
+        "type": "session.title",
+        "data": {"title": "t"},
+        "ts": 1001,
+    }
 
 
 def test_fold_matches_documented_shape() -> None:
     state = snapshot.empty_state("s")
     for typ, data in [
-        ("run.started", {"input": "q"}), ("reasoning.delta", {"text": "hm"}),
+        ("run.started", {"input": "q"}),
+        ("reasoning.delta", {"text": "hm"}),
         ("tool.started", {"tool_call_id": "c", "name": "n", "args": {}}),
-        ("tool.completed", {"tool_call_id": "c", "output": "o", "is_error": True, "duration_ms": 3}),
+        (
+            "tool.completed",
+            {"tool_call_id": "c", "output": "o", "is_error": True, "duration_ms": 3},
+        ),
         ("approval.requested", {"approval_id": "a", "prompt": "p"}),
-        ("message.delta", {"text": "he"}), ("message.delta", {"text": "llo"}),
+        ("message.delta", {"text": "he"}),
+        ("message.delta", {"text": "llo"}),
     ]:
         snapshot.apply(state, typ, "r1", data)
     assert state["status"] == "running" and state["pending_approvals"][0]["approval_id"] == "a"
     snapshot.apply(state, "run.failed", "r1", {"error": "boom"})
     run = state["runs"][0]
-    assert (run["text"], run["reasoning"], run["status"], run["error"]) == ("hello", "hm", "failed", "boom")
-    assert run["tools"][0]["is_error"] and state["pending_approvals"] == [] and state["status"] == "idle"
+    assert (run["text"], run["reasoning"], run["status"], run["error"]) == (
+        "hello",
+        "hm",
+        "failed",
+        "boom",
+    )
+    assert (
+        run["tools"][0]["is_error"]
+        and state["pending_approvals"] == []
+        and state["status"] == "idle"
+    )
 
 
 async def test_subscriber_overflow_falls_back_instead_of_growing() -> None:
@@ -84,9 +116,13 @@ async def test_subscriber_overflow_falls_back_instead_of_growing() -> None:
 
 
 async def test_embedded_demo_runs_a_turn_on_fakeredis() -> None:
-    app = create_app(Settings(redis_url=None, tokens_per_second=2000, key_prefix="unit"), run_worker=True)
+    app = create_app(
+        Settings(redis_url=None, tokens_per_second=2000, key_prefix="unit"), run_worker=True
+    )
     async with AsyncTestClient(app=app) as client:
-        r = await client.post("/v1/sessions/u1/runs", json={"input": "what is an epoch? approval please"})
+        r = await client.post(
+            "/v1/sessions/u1/runs", json={"input": "what is an epoch? approval please"}
+        )
         assert r.status_code == 202
         run_id = r.json()["run_id"]
         for _ in range(200):
@@ -95,7 +131,9 @@ async def test_embedded_demo_runs_a_turn_on_fakeredis() -> None:
                 break
             await asyncio.sleep(0.02)
         aid = snap["state"]["pending_approvals"][0]["approval_id"]
-        assert (await client.post(f"/v1/sessions/u1/approvals/{aid}", json={"decision": "approve"})).status_code == 200
+        assert (
+            await client.post(f"/v1/sessions/u1/approvals/{aid}", json={"decision": "approve"})
+        ).status_code == 200
         for _ in range(300):
             snap = (await client.get("/v1/sessions/u1/snapshot")).json()
             if snap["state"]["status"] == "idle":
