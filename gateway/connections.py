@@ -14,17 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import anyio
+from redis.exceptions import RedisError
 
 from gateway import offsets
 from gateway.hub import Hub, Subscriber
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.streams import SessionMeta, StoredEvent, Streams, envelope_json
+
+log = logging.getLogger(__name__)
 
 
 class OffsetAhead(Exception):
@@ -136,63 +140,72 @@ class EventStream:
         gauge = self.metrics.open_streams.labels(self.kind)
         gauge.inc()
         try:
-            await self.hub.subscribe(channel, sub)
-            yield f"retry: {self.settings.sse_retry_ms}\n\n".encode()
-            if self.pending_reset:
-                yield self._reset_frame(self.pending_reset)
-            need_catchup = True
-            while True:
-                if sub.kicked:
-                    yield b'event: close\ndata: {"reason":"superseded"}\n\n'
-                    return
-                if need_catchup or sub.overflowed:
-                    sub.overflowed = False
-                    sub.events.clear()
-                    async for chunk in self._catch_up():
-                        yield chunk
-                    sub.epoch = self.epoch
-                    need_catchup = False
-                    continue
-                if sub.events:
-                    out: list[str] = []
-                    while sub.events:
-                        ev = sub.events.popleft()
-                        if ev.seq <= self.last:
-                            continue  # catch-up already sent it
-                        if ev.seq != self.last + 1:
-                            self.metrics.gap_fills.inc()
-                            need_catchup = True
-                            break
-                        out.append(self._frame(ev))
-                        self.last = ev.seq
-                    if out:
-                        self.metrics.events_delivered.inc(len(out))
-                        yield "".join(out).encode()
-                        await self._auto_commit()
-                    continue
-                sub.wakeup.clear()
-                if sub.events or sub.kicked or sub.overflowed:
-                    continue
-                uncommitted = self._uncommitted()
-                timeout = (
-                    self.settings.auto_commit_interval
-                    if uncommitted
-                    else self.settings.heartbeat_interval
-                )
-                try:
-                    await asyncio.wait_for(sub.wakeup.wait(), timeout)
-                except TimeoutError:
-                    if uncommitted:
-                        await self._auto_commit(final=True)
-                        continue
-                    self.metrics.heartbeats.inc()
-                    yield b": hb\n\n"
-                    need_catchup = await self._tail_check()
+            async with contextlib.aclosing(self._frames(sub, channel)) as frames:
+                async for frame in frames:
+                    yield frame
+        except RedisError as exc:
+            # End the response; the client's retry resumes from its offset once Redis is back.
+            self.metrics.redis_errors.inc()
+            log.warning("stream of %s ended on a Redis error: %r", self.sid, exc)
         finally:
             self.hub.unsubscribe(channel, sub)
             gauge.dec()
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await self._auto_commit(final=True)
+
+    async def _frames(self, sub: Subscriber, channel: str) -> AsyncGenerator[bytes, None]:
+        await self.hub.subscribe(channel, sub)
+        yield f"retry: {self.settings.sse_retry_ms}\n\n".encode()
+        if self.pending_reset:
+            yield self._reset_frame(self.pending_reset)
+        need_catchup = True
+        while True:
+            if sub.kicked:
+                yield b'event: close\ndata: {"reason":"superseded"}\n\n'
+                return
+            if need_catchup or sub.overflowed:
+                sub.overflowed = False
+                sub.events.clear()
+                async for chunk in self._catch_up():
+                    yield chunk
+                sub.epoch = self.epoch
+                need_catchup = False
+                continue
+            if sub.events:
+                out: list[str] = []
+                while sub.events:
+                    ev = sub.events.popleft()
+                    if ev.seq <= self.last:
+                        continue  # catch-up already sent it
+                    if ev.seq != self.last + 1:
+                        self.metrics.gap_fills.inc()
+                        need_catchup = True
+                        break
+                    out.append(self._frame(ev))
+                    self.last = ev.seq
+                if out:
+                    self.metrics.events_delivered.inc(len(out))
+                    yield "".join(out).encode()
+                    await self._auto_commit()
+                continue
+            sub.wakeup.clear()
+            if sub.events or sub.kicked or sub.overflowed:
+                continue
+            uncommitted = self._uncommitted()
+            timeout = (
+                self.settings.auto_commit_interval
+                if uncommitted
+                else self.settings.heartbeat_interval
+            )
+            try:
+                await asyncio.wait_for(sub.wakeup.wait(), timeout)
+            except TimeoutError:
+                if uncommitted:
+                    await self._auto_commit(final=True)
+                    continue
+                self.metrics.heartbeats.inc()
+                yield b": hb\n\n"
+                need_catchup = await self._tail_check()
 
     async def _catch_up(self) -> AsyncIterator[bytes]:
         """Read the log from ``self.last`` to its end in pages; handles trims and new epochs."""

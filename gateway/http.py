@@ -513,8 +513,9 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
     return Response({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
 
 
-def _redis_error(_: Request[Any, Any, Any], exc: RedisError) -> Response[dict[str, str]]:
+def _redis_error(request: Request[Any, Any, Any], exc: RedisError) -> Response[dict[str, str]]:
     log.warning("redis error: %r", exc)
+    _rt(request).metrics.redis_errors.inc()
     return Response(
         {"code": "redis_unavailable", "message": "the event store is unavailable, retry"},
         status_code=503,

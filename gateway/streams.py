@@ -237,6 +237,10 @@ class Streams:
             pipe.hgetall(self._k(sid, "meta"))
             pipe.xrange(self._k(sid, "log"), "-", "+", count=1)
             raw, first = await pipe.execute()
+        return self._meta(sid, raw, first)
+
+    @staticmethod
+    def _meta(sid: str, raw: dict[str, str], first: list[Any]) -> SessionMeta | None:
         if not raw or "epoch" not in raw:
             return None
         seq = int(raw.get("seq", 0))
@@ -269,14 +273,15 @@ class Streams:
         return epoch, int(seq or 0)
 
     async def list_sessions(self, limit: int = 200) -> list[SessionMeta]:
-        """The most recently active sessions, newest first."""
+        """The most recently active sessions, newest first (two round trips in all)."""
         ids = await self.redis.zrevrange(self._sessions_key, 0, limit - 1)
-        out = []
-        for sid in ids:
-            m = await self.meta(sid)
-            if m is not None:
-                out.append(m)
-        return out
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in ids:
+                pipe.hgetall(self._k(sid, "meta"))
+                pipe.xrange(self._k(sid, "log"), "-", "+", count=1)
+            replies = await pipe.execute()
+        metas = (self._meta(sid, replies[2 * i], replies[2 * i + 1]) for i, sid in enumerate(ids))
+        return [m for m in metas if m is not None]
 
     async def read_activity(self, after_id: str, count: int = 500) -> list[tuple[str, str]]:
         """Activity entries after stream id ``after_id`` as (id, payload JSON)."""
