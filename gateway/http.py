@@ -115,6 +115,19 @@ def _sse(frames: AsyncIterator[bytes]) -> Stream:
     return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
+def _sse_stream(rt: Runtime, sid: str, start: Start, consumer: Consumer | None = None) -> Stream:
+    stream = EventStream(
+        streams=rt.streams,
+        hub=rt.hub,
+        settings=rt.settings,
+        metrics=rt.metrics,
+        session_id=sid,
+        start=start,
+        consumer=consumer,
+    )
+    return _sse(stream.frames())
+
+
 def _meta_json(m: SessionMeta) -> dict[str, Any]:
     return {
         "session_id": m.session_id,
@@ -260,16 +273,7 @@ async def connection_events(
         rt.metrics.reattaches.inc()
     await rt.streams.announce_attach(sid, cid, token)
     await rt.hub.evict(rt.streams.live_channel(sid), cid, token)
-    stream = EventStream(
-        streams=rt.streams,
-        hub=rt.hub,
-        settings=rt.settings,
-        metrics=rt.metrics,
-        session_id=sid,
-        start=start,
-        consumer=Consumer(cid, conn.commit, token),
-    )
-    return _sse(stream.frames())
+    return _sse_stream(rt, sid, start, Consumer(cid, conn.commit, token))
 
 
 @post("/v1/sessions/{session_id:str}/connections/{connection_id:str}/ack", status_code=204)
@@ -320,15 +324,7 @@ async def session_events(request: Request[Any, Any, Any], session_id: FromPath[s
     sid = _check_id(session_id, "session_id")
     cursor = _last_event_id(request) or request.query_params.get("from") or "start"
     start = _resolve(await _meta_or_create(rt, sid), cursor)
-    stream = EventStream(
-        streams=rt.streams,
-        hub=rt.hub,
-        settings=rt.settings,
-        metrics=rt.metrics,
-        session_id=sid,
-        start=start,
-    )
-    return _sse(stream.frames())
+    return _sse_stream(rt, sid, start)
 
 
 @post("/v1/sessions/{session_id:str}/events", status_code=201)
