@@ -88,7 +88,10 @@ class Consumer:
 class EventStream:
     """The SSE frames of one viewer of one session; iterate :meth:`frames`.
 
-    ``consumer`` is None for the plain resumable stream (no stored offset).
+    ``consumer`` is None for the plain resumable stream (no stored offset). ``mux``: the
+    stream is one session inside a browser's multiplexed stream (``gateway.mux``): no
+    ``retry``/heartbeat frames of its own, envelopes as unnamed events, resets name the
+    session.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class EventStream:
         session_id: str,
         start: Start,
         consumer: Consumer | None = None,
+        mux: bool = False,
     ) -> None:
         self.streams = streams
         self.hub = hub
@@ -112,23 +116,28 @@ class EventStream:
         self.last = start.after_seq
         self.pending_reset = start.reset
         self.consumer = consumer
-        self.kind = "connection" if consumer else "plain"
+        self.mux = mux
+        self.kind = "mux-session" if mux else "connection" if consumer else "plain"
         self._committed = self.last
         self._last_commit = time.monotonic()
 
     def _frame(self, ev: StoredEvent) -> str:
         env = envelope_json(self.sid_json, self.epoch, ev)
-        return f"id: {offsets.format_offset(self.epoch, ev.seq)}\nevent: {ev.type}\ndata: {env}\n\n"
+        off = offsets.format_offset(self.epoch, ev.seq)
+        if self.mux:  # one onmessage handler gets every type, known or not
+            return f"id: {off}\ndata: {env}\n\n"
+        return f"id: {off}\nevent: {ev.type}\ndata: {env}\n\n"
 
     def _reset_frame(self, reason: str) -> bytes:
         off = offsets.format_offset(self.epoch, self.last)
-        data = json.dumps(
-            {"reason": reason, "offset": off, "snapshot": f"/v1/sessions/{self.sid}/snapshot"}
-        )
+        body = {"reason": reason, "offset": off, "snapshot": f"/v1/sessions/{self.sid}/snapshot"}
+        if self.mux:
+            body["session_id"] = self.sid
+        data = json.dumps(body)
         self.metrics.resets.labels(reason).inc()
         return f"id: {off}\nevent: reset\ndata: {data}\n\n".encode()
 
-    async def frames(self) -> AsyncIterator[bytes]:
+    async def frames(self) -> AsyncGenerator[bytes, None]:
         """Yield SSE frames until the client goes away or the connection is taken over."""
         sub = Subscriber(
             self.settings.queue_size,
@@ -155,7 +164,8 @@ class EventStream:
 
     async def _frames(self, sub: Subscriber, channel: str) -> AsyncGenerator[bytes, None]:
         await self.hub.subscribe(channel, sub)
-        yield f"retry: {self.settings.sse_retry_ms}\n\n".encode()
+        if not self.mux:
+            yield f"retry: {self.settings.sse_retry_ms}\n\n".encode()
         if self.pending_reset:
             yield self._reset_frame(self.pending_reset)
         need_catchup = True
@@ -203,8 +213,9 @@ class EventStream:
                 if uncommitted:
                     await self._auto_commit(final=True)
                     continue
-                self.metrics.heartbeats.inc()
-                yield b": hb\n\n"
+                if not self.mux:  # the mux sends one heartbeat for all its sessions
+                    self.metrics.heartbeats.inc()
+                    yield b": hb\n\n"
                 need_catchup = await self._tail_check()
 
     async def _catch_up(self) -> AsyncIterator[bytes]:

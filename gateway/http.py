@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath
@@ -29,8 +29,9 @@ from redis.exceptions import RedisError
 
 from gateway import events, offsets, snapshot
 from gateway.connections import Consumer, EventStream, OffsetAhead, Start, resolve
-from gateway.hub import Hub, Subscriber
+from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.mux import MuxStream, activity_frames
 from gateway.publisher import EventIn, Publisher, new_run_id
 from gateway.redisconn import connect
 from gateway.settings import Settings
@@ -104,6 +105,18 @@ def _resolve(meta: SessionMeta, cursor: str) -> Start:
         raise ApiError(400, "invalid_offset", str(exc)) from exc
     except OffsetAhead as exc:
         raise ApiError(409, "offset_ahead", str(exc)) from exc
+
+
+def _cursor_offset(meta: SessionMeta, cursor: str) -> str:
+    """The offset to store for a new consumer starting at ``cursor``.
+
+    Named cursors resolve now; an explicit offset is validated (400/409) and stored as given,
+    so another epoch or a trimmed offset is reported with a ``reset`` when it attaches.
+    """
+    start = _resolve(meta, cursor)
+    if cursor in ("start", "run", "live"):
+        return offsets.format_offset(start.epoch, start.after_seq)
+    return str(offsets.parse(cursor))
 
 
 def _last_event_id(request: Request[Any, Any, Any]) -> str | None:
@@ -217,12 +230,7 @@ async def create_connection(
     if commit not in ("auto", "manual"):
         raise ApiError(400, "invalid_commit", "commit must be auto or manual")
     meta = await _meta_or_create(rt, sid)
-    if cursor in ("start", "run", "live"):
-        start = _resolve(meta, cursor)
-        offset = offsets.format_offset(start.epoch, start.after_seq)
-    else:
-        _resolve(meta, cursor)  # validates; other epochs and trims are reported on attach
-        offset = str(offsets.parse(cursor))
+    offset = _cursor_offset(meta, cursor)
     cid = "c-" + secrets.token_hex(8)
     await rt.streams.create_connection(sid, cid, offset, commit, rt.settings.connection_ttl)
     rt.metrics.connections_created.inc()
@@ -422,55 +430,138 @@ async def answer_approval(
     return {"offset": offs[0]}
 
 
-# --- activity feed --------------------------------------------------------------------------
+# --- activity feed and the multiplexed browser stream --------------------------------------------
 @get("/v1/activity")
 async def activity(request: Request[Any, Any, Any]) -> Stream:
     """SSE feed of session status changes; ``Last-Event-ID`` resumes."""
     rt = _rt(request)
     after = _last_event_id(request) or await rt.streams.last_activity_id()
-    return _sse(_activity_frames(rt, after))
+    return _sse(activity_frames(rt.streams, rt.hub, rt.settings, rt.metrics, after))
 
 
-def _id_key(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
+async def _mux(rt: Runtime, mux_id: str) -> dict[str, tuple[str, bool]]:
+    subs = await rt.streams.get_mux(_check_id(mux_id, "mux_id"), rt.settings.connection_ttl)
+    if subs is None:
+        raise ApiError(404, "mux_not_found", f"no mux {mux_id!r}")
+    return subs
 
 
-async def _activity_frames(rt: Runtime, after: str) -> AsyncIterator[bytes]:
-    try:
-        last = _id_key(after)
-    except ValueError:
-        last, after = (0, 0), "0-0"
-    inbox: list[str] = []
-    sub = Subscriber(rt.settings.queue_size, on_raw=inbox.append)
-    channel = rt.streams.activity_channel
-    gauge = rt.metrics.open_streams.labels("activity")
-    gauge.inc()
-    try:
-        await rt.hub.subscribe(channel, sub)
-        yield f"retry: {rt.settings.sse_retry_ms}\n\n".encode()
-        backlog = [f"{i}\t{p}" for i, p in await rt.streams.read_activity(after)]
-        while True:
-            out = []
-            for line in backlog + inbox:
-                sid, _, payload = line.partition("\t")
-                key = _id_key(sid)
-                if key > last:
-                    last = key
-                    out.append(f"id: {sid}\nevent: session\ndata: {payload}\n\n")
-            backlog, inbox[:] = [], []
-            if out:
-                yield "".join(out).encode()
-            sub.wakeup.clear()
-            if inbox:
-                continue
-            try:
-                await asyncio.wait_for(sub.wakeup.wait(), rt.settings.heartbeat_interval)
-            except TimeoutError:
-                yield b": hb\n\n"
-    finally:
-        rt.hub.unsubscribe(channel, sub)
-        gauge.dec()
+@post("/v1/mux", status_code=201)
+async def create_mux(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """Create a browser's multiplexed stream: ``{"mux_id"}``."""
+    rt = _rt(request)
+    mux_id = "m-" + secrets.token_hex(8)
+    await rt.streams.create_mux(mux_id, rt.settings.connection_ttl)
+    return {"mux_id": mux_id}
+
+
+@get("/v1/mux/{mux_id:str}")
+async def get_mux(request: Request[Any, Any, Any], mux_id: FromPath[str]) -> dict[str, Any]:
+    """The sessions this mux has viewed, with this device's committed offsets."""
+    rt = _rt(request)
+    subs = await _mux(rt, mux_id)
+    pairs = [(sid, cid) for sid, (cid, _) in subs.items()]
+    conns = await rt.streams.get_connections(pairs)
+    return {
+        "mux_id": mux_id,
+        "sessions": {
+            sid: {
+                "connection_id": cid,
+                "offset": conn.offset if conn else None,
+                "subscribed": subs[sid][1],
+            }
+            for (sid, cid), conn in zip(pairs, conns, strict=True)
+        },
+    }
+
+
+@put("/v1/mux/{mux_id:str}/sessions/{session_id:str}", status_code=200)
+async def subscribe_mux(
+    request: Request[Any, Any, Any], mux_id: FromPath[str], session_id: FromPath[str]
+) -> dict[str, str]:
+    """Subscribe the mux to a session (``from`` replaces the stored offset when given)."""
+    rt = _rt(request)
+    sid = _check_id(session_id, "session_id")
+    subs = await _mux(rt, mux_id)
+    body = await _json_body(request, optional=True)
+    cursor = body.get("from") if isinstance(body, dict) else None
+    if cursor is not None and not isinstance(cursor, str):
+        raise ApiError(400, "invalid_offset", "from must be start, run, live or an offset")
+    meta = await _meta_or_create(rt, sid)
+    ttl = rt.settings.connection_ttl
+    cid = subs[sid][0] if sid in subs else "c-" + secrets.token_hex(8)
+    conn = await rt.streams.get_connection(sid, cid) if sid in subs else None
+    if conn is None or cursor is not None:
+        offset = _cursor_offset(meta, cursor or "live")
+        if conn is None:
+            await rt.streams.create_connection(sid, cid, offset, "manual", ttl)
+            rt.metrics.connections_created.inc()
+        else:
+            await rt.streams.commit(sid, cid, offset, ttl, forward_only=False)
+    else:
+        offset = conn.offset
+    await rt.streams.set_mux_session(mux_id, sid, cid, True, ttl)
+    await rt.streams.notify_mux(mux_id, f"S\t{sid}")
+    return {"connection_id": cid, "offset": offset}
+
+
+@delete("/v1/mux/{mux_id:str}/sessions/{session_id:str}", status_code=204)
+async def unsubscribe_mux(
+    request: Request[Any, Any, Any], mux_id: FromPath[str], session_id: FromPath[str]
+) -> None:
+    """Stop streaming a session on this mux; its committed offset is kept."""
+    rt = _rt(request)
+    sid = _check_id(session_id, "session_id")
+    subs = await _mux(rt, mux_id)
+    if sid in subs:
+        await rt.streams.set_mux_session(
+            mux_id, sid, subs[sid][0], False, rt.settings.connection_ttl
+        )
+        await rt.streams.notify_mux(mux_id, f"D\t{sid}")
+
+
+@post("/v1/mux/{mux_id:str}/ack", status_code=204)
+async def ack_mux(request: Request[Any, Any, Any], mux_id: FromPath[str]) -> None:
+    """Manual commit of several sessions: ``{"offsets": {session_id: offset}}``."""
+    rt = _rt(request)
+    subs = await _mux(rt, mux_id)
+    body = await _json_body(request)
+    acks = body.get("offsets") if isinstance(body, dict) else None
+    if not isinstance(acks, dict):
+        raise ApiError(400, "invalid_request", 'body must be {"offsets": {session_id: offset}}')
+    parsed = []
+    for sid, raw in acks.items():
+        if sid not in subs:
+            raise ApiError(404, "session_not_subscribed", f"mux never viewed {sid!r}")
+        try:
+            parsed.append((sid, str(offsets.parse(raw if isinstance(raw, str) else ""))))
+        except offsets.InvalidOffset as exc:
+            raise ApiError(400, "invalid_offset", f"{sid}: {exc}") from exc
+    for sid, off in parsed:
+        await rt.streams.commit(
+            sid, subs[sid][0], off, rt.settings.connection_ttl, forward_only=True
+        )
+
+
+@get("/v1/mux/{mux_id:str}/events")
+async def mux_events(request: Request[Any, Any, Any], mux_id: FromPath[str]) -> Stream:
+    """The browser's one SSE stream: every subscribed session plus the activity feed."""
+    rt = _rt(request)
+    await _mux(rt, mux_id)
+    token = secrets.token_hex(8)
+    channel = rt.streams.mux_channel(mux_id)
+    await rt.streams.notify_mux(mux_id, f"K\t{mux_id}\t{token}")
+    await rt.hub.evict(channel, mux_id, token)
+    rt.metrics.attaches.inc()
+    stream = MuxStream(
+        streams=rt.streams,
+        hub=rt.hub,
+        settings=rt.settings,
+        metrics=rt.metrics,
+        mux_id=mux_id,
+        token=token,
+    )
+    return _sse(stream.frames())
 
 
 # --- operations -----------------------------------------------------------------------------
@@ -576,6 +667,12 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         cancel_run,
         answer_approval,
         activity,
+        create_mux,
+        get_mux,
+        subscribe_mux,
+        unsubscribe_mux,
+        ack_mux,
+        mux_events,
         healthz,
         readyz,
         metrics,

@@ -94,6 +94,7 @@ class Publisher:
             return
         self._indexed.add(session_id)
         change["ts"] = result.ts
+        change["last_offset"] = result.offsets()[-1]
         await self.streams.record_activity(session_id, change)
 
     async def start_run(

@@ -16,6 +16,10 @@ key of one session lives on one shard and its scripts stay single-slot):
 ``gw:{_global}:sessions``       sorted set: session id scored by last activity (ms)
 ``gw:{_global}:activity``       capped Stream of session status changes (+ channel ``…:live``)
 ``gw:{_global}:commands``       Stream of browser commands, read by workers as a consumer group
+``gw:{m:<mux>}``                hash: a browser's multiplexed stream: ``c:<sid>`` → its
+                                connection id, ``a:<sid>`` → subscribed; expires when unused
+``gw:{m:<mux>}:ctl``            Pub/Sub channel: subscription changes (``S``/``D`` frames)
+                                and take-overs (``K``) for the mux's live stream
 ==============================  ==========================================================
 
 Wire format of a live ``E`` frame: ``E\t<epoch>`` then one line per event,
@@ -356,6 +360,68 @@ class Streams:
         await self.redis.execute_command(  # type: ignore[no-untyped-call]
             self.publish_command, self.live_channel(sid), f"K\t{cid}\t{token}"
         )
+
+    # --- multiplexed browser streams ----------------------------------------------------------
+    def _mux_key(self, mux_id: str) -> str:
+        return f"{self.prefix}:{{m:{mux_id}}}"
+
+    def mux_channel(self, mux_id: str) -> str:
+        """The control channel of a mux's live stream."""
+        return f"{self._mux_key(mux_id)}:ctl"
+
+    async def create_mux(self, mux_id: str, ttl_s: float) -> None:
+        """Store a new, empty mux."""
+        key = self._mux_key(mux_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "created", "1")
+            pipe.pexpire(key, int(ttl_s * 1000))
+            await pipe.execute()
+
+    async def get_mux(self, mux_id: str, ttl_s: float) -> dict[str, tuple[str, bool]] | None:
+        """``{session_id: (connection_id, subscribed)}`` and a TTL refresh; None if unknown."""
+        key = self._mux_key(mux_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(key)
+            pipe.pexpire(key, int(ttl_s * 1000))
+            raw, _ = await pipe.execute()
+        if not raw:
+            return None
+        return {
+            f[2:]: (cid, raw.get(f"a:{f[2:]}") == "1")
+            for f, cid in raw.items()
+            if f.startswith("c:")
+        }
+
+    async def set_mux_session(
+        self, mux_id: str, sid: str, cid: str, subscribed: bool, ttl_s: float
+    ) -> None:
+        """Record the session's connection id and whether the mux streams it."""
+        key = self._mux_key(mux_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={f"c:{sid}": cid, f"a:{sid}": "1" if subscribed else "0"})
+            pipe.pexpire(key, int(ttl_s * 1000))
+            await pipe.execute()
+
+    async def notify_mux(self, mux_id: str, frame: str) -> None:
+        """Send a control frame (``S\t<sid>``, ``D\t<sid>``, ``K\t<mux>\t<token>``)."""
+        await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            self.publish_command, self.mux_channel(mux_id), frame
+        )
+
+    async def get_connections(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> list[StoredConnection | None]:
+        """Several consumers' stored state in one round trip: (session_id, connection_id)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid, cid in pairs:
+                pipe.hgetall(self._k(sid, f"conn:{cid}"))
+            replies = await pipe.execute()
+        return [
+            StoredConnection(cid, raw["offset"], raw.get("commit", "auto"), raw.get("token", ""))
+            if raw
+            else None
+            for (_, cid), raw in zip(pairs, replies, strict=True)
+        ]
 
     # --- snapshots ---------------------------------------------------------------------------
     async def load_snapshot(self, sid: str) -> tuple[str, str] | None:

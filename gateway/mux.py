@@ -1,0 +1,253 @@
+"""Mux: one SSE stream per browser carrying every session its tabs view, plus the activity feed.
+
+A mux is a set of subscriptions, each backed by an ordinary manual-commit connection (so each
+session resumes from its own stored offset). The live stream runs one
+:class:`~gateway.connections.EventStream` per subscribed session and merges their frames into
+one response through a bounded queue: a browser that reads slowly blocks the per-session
+streams, whose hub queues then overflow into catch-up reads, so memory stays bounded.
+Subscription changes reach the stream on whichever replica holds it through the mux's control
+channel; so does a take-over when the same mux attaches twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from gateway import offsets
+from gateway.connections import Consumer, EventStream, OffsetAhead, Start, resolve
+from gateway.hub import Hub, Subscriber
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from gateway.streams import Streams
+
+log = logging.getLogger(__name__)
+
+OUT_QUEUE = 64  # frames (each up to one catch-up page) buffered between sessions and socket
+
+
+def _stream_id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class ActivityCursor:
+    """Turns activity-feed lines (``<stream id>\\t<json>``) into SSE frames, once each."""
+
+    def __init__(self, after: str) -> None:
+        try:
+            self.last = _stream_id_key(after)
+        except ValueError:
+            self.last = (0, 0)
+
+    def frames(self, lines: list[str]) -> list[str]:
+        """SSE ``event: session`` frames for the lines newer than the cursor."""
+        out = []
+        for line in lines:
+            sid, _, payload = line.partition("\t")
+            key = _stream_id_key(sid)
+            if key > self.last:
+                self.last = key
+                out.append(f"id: {sid}\nevent: session\ndata: {payload}\n\n")
+        return out
+
+
+async def activity_frames(
+    streams: Streams, hub: Hub, settings: Settings, metrics: Metrics, after: str
+) -> AsyncIterator[bytes]:
+    """The activity feed as SSE, after stream id ``after`` (``GET /v1/activity``)."""
+    inbox: list[str] = []
+    sub = Subscriber(settings.queue_size, on_raw=inbox.append)
+    cursor = ActivityCursor(after)
+    gauge = metrics.open_streams.labels("activity")
+    gauge.inc()
+    try:
+        await hub.subscribe(streams.activity_channel, sub)
+        yield f"retry: {settings.sse_retry_ms}\n\n".encode()
+        backlog = [f"{i}\t{p}" for i, p in await streams.read_activity(after)]
+        while True:
+            out = cursor.frames(backlog + inbox)
+            backlog, inbox[:] = [], []
+            if out:
+                yield "".join(out).encode()
+            sub.wakeup.clear()
+            if inbox:
+                continue
+            try:
+                await asyncio.wait_for(sub.wakeup.wait(), settings.heartbeat_interval)
+            except TimeoutError:
+                yield b": hb\n\n"
+    finally:
+        hub.unsubscribe(streams.activity_channel, sub)
+        gauge.dec()
+
+
+class MuxStream:
+    """The live stream of one mux (``GET /v1/mux/{mux_id}/events``); iterate :meth:`frames`.
+
+    ``token`` identifies this attachment: a newer attachment of the same mux ends this one.
+    """
+
+    def __init__(
+        self,
+        *,
+        streams: Streams,
+        hub: Hub,
+        settings: Settings,
+        metrics: Metrics,
+        mux_id: str,
+        token: str,
+    ) -> None:
+        self.streams, self.hub, self.settings, self.metrics = streams, hub, settings, metrics
+        self.mux_id, self.token = mux_id, token
+        self.out: asyncio.Queue[bytes] = asyncio.Queue(OUT_QUEUE)
+        self.control: list[str] = []
+        self.activity: list[str] = []
+        self.pumps: dict[str, asyncio.Task[None]] = {}
+        self.wake = asyncio.Event()
+
+    def _on_control(self, raw: str) -> None:
+        self.control.append(raw)
+        self.wake.set()
+
+    def _on_activity(self, raw: str) -> None:
+        self.activity.append(raw)
+        self.wake.set()
+
+    async def frames(self) -> AsyncGenerator[bytes, None]:
+        """Yield SSE frames until the client leaves or the mux is attached elsewhere."""
+        ctl = Subscriber(self.settings.queue_size, self.mux_id, self.token, self._on_control)
+        act = Subscriber(self.settings.queue_size, on_raw=self._on_activity)
+        ctl_channel = self.streams.mux_channel(self.mux_id)
+        gauge = self.metrics.open_streams.labels("mux")
+        gauge.inc()
+        try:
+            # Wake the merge loop on take-over too, not only on control frames.
+            ctl.wakeup = act.wakeup = self.wake
+            await self.hub.subscribe(ctl_channel, ctl)
+            await self.hub.subscribe(self.streams.activity_channel, act)
+            cursor = ActivityCursor(await self.streams.last_activity_id())
+            yield f"retry: {self.settings.sse_retry_ms}\n\n".encode()
+            subs = await self.streams.get_mux(self.mux_id, self.settings.connection_ttl) or {}
+            for sid, (_, subscribed) in subs.items():
+                if subscribed:
+                    await self._start(sid)
+            while True:
+                self.wake.clear()
+                if ctl.kicked:
+                    yield b'event: close\ndata: {"reason":"superseded"}\n\n'
+                    return
+                chunks = [f.encode() for f in cursor.frames(self.activity)]
+                self.activity.clear()
+                control, self.control = self.control, []
+                for raw in control:
+                    chunks.extend(await self._apply(raw))
+                while not self.out.empty():
+                    chunks.append(self.out.get_nowait())
+                if chunks:
+                    yield b"".join(chunks)
+                    continue
+                try:
+                    # Every producer sets the wake event after queueing, so it is enough.
+                    await asyncio.wait_for(self.wake.wait(), self.settings.heartbeat_interval)
+                except TimeoutError:
+                    self.metrics.heartbeats.inc()
+                    await self.streams.get_mux(self.mux_id, self.settings.connection_ttl)
+                    yield b": hb\n\n"
+        finally:
+            for task in self.pumps.values():
+                task.cancel()
+            for task in self.pumps.values():
+                with contextlib.suppress(BaseException):
+                    await task
+            self.hub.unsubscribe(ctl_channel, ctl)
+            self.hub.unsubscribe(self.streams.activity_channel, act)
+            gauge.dec()
+
+    async def _apply(self, raw: str) -> list[bytes]:
+        kind, _, sid = raw.partition("\t")
+        if kind == "S":
+            await self._start(sid)
+            return []
+        if kind == "D" and sid in self.pumps:
+            await self._stop(sid)
+            return [f"event: unsubscribed\ndata: {json.dumps({'session_id': sid})}\n\n".encode()]
+        return []
+
+    async def _stop(self, sid: str) -> None:
+        task = self.pumps.pop(sid, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _start(self, sid: str) -> None:
+        """(Re)start delivering ``sid`` from its connection's stored offset."""
+        await self._stop(sid)
+        self.pumps[sid] = asyncio.create_task(self._pump(sid), name=f"mux-{self.mux_id}-{sid}")
+
+    async def _pump(self, sid: str) -> None:
+        """Deliver ``sid`` until cancelled; a stream ended by a Redis error starts again."""
+        while True:
+            try:
+                if not await self._deliver(sid):
+                    return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.metrics.redis_errors.inc()
+                log.exception("mux %s: session %s stream failed; retrying", self.mux_id, sid)
+            await asyncio.sleep(1.0)
+
+    async def _deliver(self, sid: str) -> bool:
+        """One attachment of ``sid``'s connection; False when the session is not subscribed."""
+        subs = await self.streams.get_mux(self.mux_id, self.settings.connection_ttl) or {}
+        if sid not in subs:
+            return False
+        cid = subs[sid][0]
+        conn = await self.streams.get_connection(sid, cid)
+        meta = await self.streams.meta(sid)
+        if meta is None:
+            await self.streams.ensure_session(sid)
+            meta = await self.streams.meta(sid)
+        assert meta is not None
+        head = Start(meta.epoch, meta.seq)
+        if conn is None:
+            # The connection expired: say so with a reset rather than skip silently.
+            start = Start(head.epoch, head.after_seq, "connection_expired")
+            await self.streams.create_connection(
+                sid,
+                cid,
+                offsets.format_offset(head.epoch, head.after_seq),
+                "manual",
+                self.settings.connection_ttl,
+            )
+        else:
+            try:
+                start = resolve(meta, conn.offset)
+            except OffsetAhead:
+                start = Start(head.epoch, head.after_seq, "offset_ahead")
+        subscribed = {
+            "session_id": sid,
+            "offset": offsets.format_offset(start.epoch, start.after_seq),
+        }
+        await self.out.put(f"event: subscribed\ndata: {json.dumps(subscribed)}\n\n".encode())
+        self.wake.set()
+        stream = EventStream(
+            streams=self.streams,
+            hub=self.hub,
+            settings=self.settings,
+            metrics=self.metrics,
+            session_id=sid,
+            start=start,
+            consumer=Consumer(cid, "manual", self.token),
+            mux=True,
+        )
+        async with contextlib.aclosing(stream.frames()) as frames:
+            async for frame in frames:
+                await self.out.put(frame)
+                self.wake.set()
+        return True
