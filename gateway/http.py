@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from gateway import events, offsets, snapshot
 from gateway.connections import Consumer, EventStream, OffsetAhead, Start, resolve
 from gateway.hub import Hub
+from gateway.leases import reap_forever
 from gateway.metrics import Metrics
 from gateway.mux import MuxStream, activity_frames
 from gateway.publisher import EventIn, Publisher, new_run_id
@@ -381,6 +382,8 @@ async def start_run(request: Request[Any, Any, Any], session_id: FromPath[str]) 
         await rt.publisher.start_run(sid, text, run_id=run_id, exclusive=True)
     except PublishRejected as exc:
         raise ApiError(409, exc.code, "the session already has a running run") from exc
+    # Until a worker takes its own lease: a run nobody picks up is ended by the reaper.
+    await rt.streams.lease("acquire", sid, run_id, "queued", rt.settings.run_pickup_timeout)
     await rt.streams.enqueue_command(
         {"kind": "run", "session_id": sid, "run_id": run_id, "input": text}
     )
@@ -635,6 +638,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         hub = Hub(redis, m)
         await hub.start()
         rt = Runtime(settings, streams, Publisher(streams, settings.retention_maxlen), hub, m)
+        rt.background.append(
+            asyncio.create_task(
+                reap_forever(streams, rt.publisher, settings.run_lease_ttl / 3), name="reaper"
+            )
+        )
         if run_worker:
             from gateway.worker import DemoWorker
 

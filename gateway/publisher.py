@@ -58,12 +58,18 @@ class Publisher:
         return (await self.publish_batch(session_id, [EventIn(type, data or {}, run_id)]))[0]
 
     async def publish_batch(
-        self, session_id: str, batch: Sequence[EventIn], *, exclusive_run: bool = False
+        self,
+        session_id: str,
+        batch: Sequence[EventIn],
+        *,
+        exclusive_run: bool = False,
+        guard: str | None = None,
     ) -> list[str]:
         """Append ``batch`` atomically and in order; returns the offsets, one per event.
 
         ``exclusive_run`` refuses a ``run.started`` while another run is active
-        (``PublishRejected("run_active")``).
+        (``PublishRejected("run_active")``); ``guard`` passes a raw guard to the script
+        (see :meth:`gateway.streams.Streams.publish`).
         """
         if not events.valid_id(session_id):
             raise events.InvalidEvent("invalid_id", f"session_id {session_id!r} is not valid")
@@ -74,7 +80,7 @@ class Publisher:
             session_id,
             encoded,  # type: ignore[arg-type]
             maxlen=self.retention_maxlen,
-            exclusive_run=exclusive_run,
+            guard=guard or ("1" if exclusive_run else "0"),
         )
         await self._record_activity(session_id, batch, result)
         return result.offsets()

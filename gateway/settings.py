@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         default=40.0, gt=0, description="Demo worker answer pace, in tokens per second."
     )
     worker_name: str | None = None
+    run_lease_ttl: float = Field(
+        default=15.0, gt=0, description="A worker's run lease; renewed at a third of it."
+    )
+    run_pickup_timeout: float = Field(
+        default=60.0, gt=0, description="How long an accepted run may wait for a worker."
+    )
     command_claim_idle: float = Field(
         default=60.0, gt=0, description="Unacked command age before another worker reclaims it."
     )

@@ -11,10 +11,12 @@ key of one session lives on one shard and its scripts stay single-slot):
 ``gw:{sid}:conn:<cid>``         hash: a consumer's committed offset, commit mode, attach
                                 token; expires when unused
 ``gw:{sid}:snap``               hash: the latest stored snapshot and its offset
+``gw:{sid}:lease``              string: the holder of the active run's lease (expires)
 ``gw:{sid}:live``               Pub/Sub channel: new entries (``E`` frames) and attach
                                 take-overs (``K`` frames)
 ``gw:{_global}:sessions``       sorted set: session id scored by last activity (ms)
 ``gw:{_global}:activity``       capped Stream of session status changes (+ channel ``…:live``)
+``gw:{_global}:running``        sorted set: sessions with a running run (for the lease reaper)
 ``gw:{_global}:commands``       Stream of browser commands, read by workers as a consumer group
 ``gw:{m:<mux>}``                hash: a browser's multiplexed stream: ``c:<sid>`` → its
                                 connection id, ``a:<sid>`` → subscribed; expires when unused
@@ -163,6 +165,7 @@ class Streams:
         self._ensure = redis.register_script(_script("ensure.lua"))
         self._commit = redis.register_script(_script("commit.lua"))
         self._activity = redis.register_script(_script("activity.lua"))
+        self._lease = redis.register_script(_script("lease.lua"))
 
     # --- key names -------------------------------------------------------------------------
     def _k(self, sid: str, part: str) -> str:
@@ -186,6 +189,10 @@ class Streams:
         return f"{self.prefix}:{{_global}}:activity"
 
     @property
+    def _running_key(self) -> str:
+        return f"{self.prefix}:{{_global}}:running"
+
+    @property
     def _commands_key(self) -> str:
         return f"{self.prefix}:{{_global}}:commands"
 
@@ -196,25 +203,34 @@ class Streams:
         events: Sequence[tuple[str, str, str, str, str]],
         *,
         maxlen: int,
-        exclusive_run: bool = False,
+        guard: str = "0",
     ) -> PublishResult:
         """Append ``events`` (type, run_id, data JSON, aux1, aux2) atomically, in one round trip.
 
+        ``guard``: ``"1"`` refuses a ``run.started`` while a run is active; ``"interrupt"``
+        publishes only if the batch's run is active, leased, and its lease expired.
+
         Raises:
-            PublishRejected: an approval was unknown/already resolved, or ``exclusive_run``
-                and the session already runs a run.
+            PublishRejected: an approval was unknown/already resolved (``approval_not_found``,
+                ``approval_already_resolved``), a run is active (``run_active``), or the
+                interrupt guard did not hold (``guard_failed``).
         """
         args: list[str | int] = [
             offsets.new_epoch(),
             maxlen,
             self.live_channel(sid),
-            "1" if exclusive_run else "0",
+            guard,
             self.publish_command,
             len(events),
         ]
         for ev in events:
             args.extend(ev)
-        keys = [self._k(sid, "meta"), self._k(sid, "log"), self._k(sid, "approvals")]
+        keys = [
+            self._k(sid, "meta"),
+            self._k(sid, "log"),
+            self._k(sid, "approvals"),
+            self._k(sid, "lease"),
+        ]
         res = cast(list[Any], await self._publish(keys=keys, args=args))
         if res[0] != "ok":
             raise PublishRejected(str(res[0]))
@@ -224,9 +240,41 @@ class Streams:
         """Index the session and append ``change`` to the activity feed (low volume)."""
         payload = json.dumps({"session_id": sid, **change}, separators=(",", ":"))
         await self._activity(
-            keys=[self._sessions_key, self._activity_key],
-            args=[sid, payload, self.activity_channel, ACTIVITY_MAXLEN, self.publish_command],
+            keys=[self._sessions_key, self._activity_key, self._running_key],
+            args=[
+                sid,
+                payload,
+                self.activity_channel,
+                ACTIVITY_MAXLEN,
+                self.publish_command,
+                change.get("status") or "",
+            ],
         )
+
+    # --- run leases ------------------------------------------------------------------------
+    async def lease(self, op: str, sid: str, run_id: str, holder: str, ttl_s: float) -> bool:
+        """``acquire``/``renew``/``release`` the lease of ``run_id`` (see lua/lease.lua)."""
+        res = await self._lease(
+            keys=[self._k(sid, "meta"), self._k(sid, "lease")],
+            args=[op, run_id, holder, max(1, int(ttl_s * 1000))],
+        )
+        return bool(res)
+
+    async def running_sessions(self, limit: int = 10_000) -> list[str]:
+        """Sessions that had a run start and no end recorded in the activity feed."""
+        return cast(list[str], await self.redis.zrange(self._running_key, 0, limit - 1))
+
+    async def forget_running(self, sid: str) -> None:
+        """Drop a stale entry of the running index."""
+        await self.redis.zrem(self._running_key, sid)
+
+    async def lease_holder(self, sid: str) -> str | None:
+        """The current holder of the session's run lease, or None when none is held."""
+        return await _a(self.redis.get(self._k(sid, "lease")))
+
+    async def run_holder(self, sid: str) -> str:
+        """Who took the active run's lease (a worker, or ``queued``); '' when nobody."""
+        return await _a(self.redis.hget(self._k(sid, "meta"), "run_holder")) or ""
 
     async def ensure_session(self, sid: str) -> tuple[str, int, bool]:
         """Create the session's metadata if absent. Returns (epoch, last seq, created)."""

@@ -7,7 +7,9 @@ leaves it pending and another worker reclaims it with XAUTOCLAIM after ``claim_i
 A run, from real input: a title for the session's first run, reasoning, a real tool call
 (``search_docs``: searches the project's README and docs/ for the prompt's words and quotes
 what it finds), an approval request when the prompt asks for one, then the answer streamed
-in tokens at ``tokens_per_second``. Cancel is honoured between any two events.
+in tokens at ``tokens_per_second``. Cancel is honoured between any two events. Each run is
+played under a lease (``gateway.leases``), so a worker that dies mid-run has its run ended
+as interrupted by a reaper, and its pending command is reclaimed and skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from gateway.leases import RunLease, reap_forever
 from gateway.publisher import Publisher, Run
 from gateway.settings import Settings
 from gateway.streams import PublishRejected, Streams
@@ -72,6 +75,10 @@ class Cancelled(Exception):
     """The run was cancelled by a browser."""
 
 
+class LeaseLost(Exception):
+    """The run's lease was lost (the run was ended as interrupted): stop publishing."""
+
+
 def search_docs(root: Path, query: str, limit: int = 3) -> list[tuple[str, int, str]]:
     """Lines of ``root``'s README.md and docs/*.md that mention the query's words.
 
@@ -119,10 +126,15 @@ class DemoWorker:
         self.claim_idle = settings.command_claim_idle
         self.root = settings.docs_dir.parent
         self._tasks: set[asyncio.Task[None]] = set()
+        self._leases: dict[str, RunLease] = {}
 
     async def run_forever(self) -> None:
         """Consume commands until cancelled."""
         await self.streams.ensure_command_group()
+        reaper = asyncio.create_task(
+            reap_forever(self.streams, self.publisher, self.settings.run_lease_ttl / 3)
+        )
+        self._tasks.add(reaper)
         last_claim = 0.0
         while True:
             try:
@@ -168,17 +180,34 @@ class DemoWorker:
     async def run_turn(self, session_id: str, run_id: str, text: str) -> None:
         """Play one run whose ``run.started`` the gateway already published."""
         run = Run(self.publisher, session_id, run_id)
+        lease = RunLease(self.streams, session_id, run_id, self.name, self.settings.run_lease_ttl)
+        async with lease:
+            if lease.lost:
+                log.info("worker: run %s is held or ended elsewhere; not playing it", run_id)
+                return
+            self._leases[run_id] = lease
+            try:
+                await self._play(run, text)
+            finally:
+                del self._leases[run_id]
+
+    async def _play(self, run: Run, text: str) -> None:
         try:
             await self._turn(run, text)
+        except LeaseLost:
+            log.warning("worker: lost the lease of %s; stopping it", run.run_id)
         except Cancelled:
             await run.cancel()
         except PublishRejected:
-            log.info("worker: run %s ended elsewhere", run_id)
+            log.info("worker: run %s ended elsewhere", run.run_id)
         except Exception as exc:
-            log.exception("worker: run %s failed", run_id)
+            log.exception("worker: run %s failed", run.run_id)
             await run.fail(f"{type(exc).__name__}: {exc}")
 
     async def _check_cancel(self, run: Run) -> None:
+        lease = self._leases.get(run.run_id)
+        if lease is not None and lease.lost:
+            raise LeaseLost()
         if await self.streams.cancel_requested(run.session_id, run.run_id):
             raise Cancelled()
 

@@ -4,6 +4,7 @@ every error is JSON with a machine-readable code."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import pytest
@@ -252,3 +253,42 @@ async def test_activity_feed_reports_status_changes(gw, publisher, client, sid):
                 changes.append(body)
     assert [c.get("status") for c in changes] == ["running", None, "idle"]
     assert changes[1]["title"] == "A title"
+
+
+async def test_worker_killed_mid_run_gets_one_interrupted_terminal(redis_server, client, sid):
+    """SIGKILL the worker mid-run: its lease expires, exactly one run.failed {reason:
+    interrupted} is published (visible live and on replay), and the reclaimed command is
+    acked without replaying the run."""
+    settings = {"key_prefix": "lease", "run_lease_ttl": 1.5, "command_claim_idle": 1}
+    gw = Gateway(redis_server.url, **settings)
+    victim = Worker(redis_server.url, tokens_per_second=10, **settings)
+    try:
+        run_id = (
+            await client.post(
+                f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "offsets and epochs"}
+            )
+        ).json()["run_id"]
+        async with sse(client, f"{gw.url}/v1/sessions/{sid}/events?from=start") as live:
+            while (await live.next(20)).event != "message.delta":
+                pass
+            victim.stop(signal.SIGKILL)
+            t0 = time.monotonic()
+            rescuer = Worker(redis_server.url, tokens_per_second=400, **settings)
+            try:
+                while (f := await live.next(20)).event != "run.failed":
+                    assert f.event in ("message.delta", "reasoning.delta"), f.event
+                recovered = time.monotonic() - t0
+                assert f.json()["data"]["reason"] == "interrupted"
+                assert await live.nothing_for(2.5)  # no second terminal, no replayed run
+            finally:
+                rescuer.stop()
+        events = await collect_run(client, gw.url, sid, run_id)
+        terminals = [
+            e["type"] for e in events if e["type"].startswith("run.") and e["type"] != "run.started"
+        ]
+        assert terminals == ["run.failed"]
+        assert (await client.get(f"{gw.url}/v1/sessions/{sid}")).json()["status"] == "idle"
+        print(f"worker SIGKILL -> interrupted terminal after {recovered:.2f}s (lease 1.5 s)")
+    finally:
+        victim.stop()
+        gw.stop()

@@ -1,10 +1,12 @@
 -- Atomic publish of one event or a batch to a session's log.
--- KEYS: 1 meta hash, 2 log stream, 3 approvals hash
--- ARGV: 1 epoch candidate, 2 maxlen, 3 live channel, 4 exclusive run start ("1"/"0"),
+-- KEYS: 1 meta hash, 2 log stream, 3 approvals hash, 4 run lease
+-- ARGV: 1 epoch candidate, 2 maxlen, 3 live channel,
+--       4 guard: "0" none, "1" refuse a run.started while a run is active, "interrupt" only
+--         if the batch's run is active, had a holder, and its lease has expired (the reaper),
 --       5 publish command (PUBLISH or SPUBLISH), 6 event count,
 --       then 5 per event: type, run_id, data (JSON text), aux1, aux2
 -- Returns {"ok", epoch, first_seq, last_seq, ts_ms} or {error_code}.
-local meta, log, approvals = KEYS[1], KEYS[2], KEYS[3]
+local meta, log, approvals, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local n = tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -15,6 +17,14 @@ if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', log, approvals)
   redis.call('HSET', meta, 'epoch', epoch, 'seq', 0, 'status', 'idle', 'created_ms', now)
+end
+
+if ARGV[4] == 'interrupt' then
+  local run = ARGV[8]
+  if redis.call('HGET', meta, 'status') ~= 'running' or redis.call('HGET', meta, 'run_id') ~= run
+      or not redis.call('HGET', meta, 'run_holder') or redis.call('EXISTS', lease) == 1 then
+    return {'guard_failed'}
+  end
 end
 
 -- Validate the whole batch before writing anything, so a rejected batch stores nothing.
@@ -41,11 +51,13 @@ for i = 0, n - 1 do
     't', typ, 'r', run, 'd', data, 'ts', now)
   if typ == 'run.started' then
     redis.call('HSET', meta, 'status', 'running', 'run_id', run, 'run_first_seq', seq)
-    redis.call('HDEL', meta, 'cancel_requested')
+    redis.call('HDEL', meta, 'cancel_requested', 'run_holder')
   elseif typ == 'run.completed' or typ == 'run.failed' or typ == 'run.cancelled' then
     -- A late terminal of an older run must not end the run that is running now.
     if redis.call('HGET', meta, 'run_id') == run then
       redis.call('HSET', meta, 'status', 'idle', 'last_run_status', string.sub(typ, 5))
+      redis.call('HDEL', meta, 'run_holder')
+      redis.call('DEL', lease)
     end
   elseif typ == 'session.title' then
     redis.call('HSET', meta, 'title', aux1)
