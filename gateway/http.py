@@ -34,6 +34,7 @@ from gateway.leases import reap_forever
 from gateway.metrics import Metrics
 from gateway.mux import MuxStream, activity_frames
 from gateway.publisher import EventIn, Publisher, new_run_id
+from gateway.redaction import Redactor
 from gateway.redisconn import connect
 from gateway.settings import Settings
 from gateway.streams import PublishRejected, SessionMeta, Streams
@@ -637,7 +638,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         m = Metrics()
         hub = Hub(redis, m)
         await hub.start()
-        rt = Runtime(settings, streams, Publisher(streams, settings.retention_maxlen), hub, m)
+        publisher = Publisher(
+            streams, settings.retention_maxlen, Redactor(settings.redact_patterns)
+        )
+        rt = Runtime(settings, streams, publisher, hub, m)
         rt.background.append(
             asyncio.create_task(
                 reap_forever(streams, rt.publisher, settings.run_lease_ttl / 3), name="reaper"

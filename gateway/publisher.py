@@ -1,6 +1,7 @@
 """Publisher: the asyncio API agent workers use to append events to a session's log.
 
-Each call is one Redis round trip: a server-side script assigns the next sequence numbers,
+Secrets in event data are redacted before anything is stored (``gateway.redaction``). Each
+call is one Redis round trip: a server-side script assigns the next sequence numbers,
 XADDs with explicit IDs, trims to the retention limit, updates the session's metadata and
 notifies live readers. Status changes (run start/end, title) are also recorded in the global
 activity feed with a second, rare round trip, kept apart so a session's script touches only
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import events
+from gateway.redaction import Redactor
 from gateway.streams import PublishResult, Streams
 
 EventSpec = Mapping[str, Any]
@@ -35,15 +37,20 @@ class Publisher:
     Args:
         streams: the Redis layer.
         retention_maxlen: events kept per session (approximate trim, in entries).
+        redactor: masks secrets in every event's data before it is stored (default: the
+            built-in patterns of :mod:`gateway.redaction`).
 
     Every method raises :class:`gateway.events.InvalidEvent` for malformed input, before
     anything is stored, and :class:`gateway.streams.PublishRejected` when the log refuses
     (an approval already answered, a run already active).
     """
 
-    def __init__(self, streams: Streams, retention_maxlen: int = 20_000) -> None:
+    def __init__(
+        self, streams: Streams, retention_maxlen: int = 20_000, redactor: Redactor | None = None
+    ) -> None:
         self.streams = streams
         self.retention_maxlen = retention_maxlen
+        self.redactor = redactor or Redactor()
         self._indexed: set[str] = set()
 
     async def publish(
@@ -75,7 +82,10 @@ class Publisher:
             raise events.InvalidEvent("invalid_id", f"session_id {session_id!r} is not valid")
         if not batch:
             return []
-        encoded = [events.encode(e.type, e.data, e.run_id) for e in batch]
+        encoded = [
+            events.encode(e.type, self.redactor.value(e.data) if e.data else e.data, e.run_id)
+            for e in batch
+        ]
         result = await self.streams.publish(
             session_id,
             encoded,  # type: ignore[arg-type]

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
         default=40.0, gt=0, description="Demo worker answer pace, in tokens per second."
     )
     worker_name: str | None = None
+    redact_patterns: list[str] = Field(
+        default_factory=list,
+        description="Extra regular expressions to redact from event data (JSON list in env).",
+    )
     run_lease_ttl: float = Field(
         default=15.0, gt=0, description="A worker's run lease; renewed at a third of it."
     )

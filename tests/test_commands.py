@@ -292,3 +292,59 @@ async def test_worker_killed_mid_run_gets_one_interrupted_terminal(redis_server,
     finally:
         victim.stop()
         gw.stop()
+
+
+async def test_secrets_are_redacted_before_storage(redis_server, client, sid):
+    """Tool output with credentials: neither the live stream, a replay, the snapshot nor the
+    Redis log itself ever holds them. Extra patterns come from GATEWAY_REDACT_PATTERNS."""
+    gw = Gateway(redis_server.url, redact_patterns='["acct-[0-9]{6}"]')
+    secrets_ = [
+        "sk-proj-" + "A1b2C3d4" * 4,
+        "AKIA" + "ABCDEFGHIJKLMNOP",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
+        "Bearer abcdefghijklmnopqrstuvwxyz012345",
+        "acct-424242",
+    ]
+    output = (
+        "env dump:\n" + "\n".join(f"value {s}" for s in secrets_) + "\npassword=correcthorsebattery"
+    )
+    try:
+        url = f"{gw.url}/v1/sessions/{sid}/events"
+        async with sse(client, f"{gw.url}/v1/sessions/{sid}/events?from=start") as live:
+            r = await client.post(
+                url,
+                json={
+                    "events": [
+                        {"type": "run.started", "run_id": "r1", "data": {"input": "show env"}},
+                        {
+                            "type": "tool.started",
+                            "run_id": "r1",
+                            "data": {"tool_call_id": "c1", "name": "sh", "args": {}},
+                        },
+                        {
+                            "type": "tool.completed",
+                            "run_id": "r1",
+                            "data": {
+                                "tool_call_id": "c1",
+                                "output": output,
+                                "is_error": False,
+                                "duration_ms": 1,
+                            },
+                        },
+                    ]
+                },
+            )
+            assert r.status_code == 201
+            live_text = "".join(f.data for f in await live.take(3))
+        replay = ""
+        async with sse(client, f"{gw.url}/v1/sessions/{sid}/events?from=start") as again:
+            replay = "".join(f.data for f in await again.take(3))
+        snap = (await client.get(f"{gw.url}/v1/sessions/{sid}/snapshot")).text
+        raw = redis_server.cli("XRANGE", f"gw:{{{sid}}}:log", "-", "+")
+        for text in (live_text, replay, snap, raw):
+            for secret in [*secrets_, "correcthorsebattery"]:
+                assert secret.split("\n")[-1][-12:] not in text.replace("\\n", "\n"), (secret, text)
+            assert "[REDACTED]" in text
+        assert "env dump" in snap  # the rest of the output is kept
+    finally:
+        gw.stop()

@@ -144,3 +144,21 @@ async def test_embedded_demo_runs_a_turn_on_fakeredis() -> None:
         assert run["tools"][0]["name"] == "search_docs" and run["text"]
         assert run["approvals"][0]["decision"] == "approve"
         assert (await client.get("/")).status_code == 200  # the viewer UI is served
+
+
+def test_redactor_masks_known_secret_shapes_and_keeps_prose() -> None:
+    from gateway.redaction import MASK, Redactor
+
+    r = Redactor(["acct-[0-9]{6}"])
+    cases = {
+        "key sk-ant-" + "x" * 30: "key " + MASK,
+        "AKIAABCDEFGHIJKLMNOP": MASK,
+        "Authorization: Bearer " + "t" * 24: "Authorization: Bearer " + MASK,
+        "PASSWORD = 'hunter2hunter2'": "PASSWORD = '" + MASK + "'",
+        "id acct-123456 ok": "id " + MASK + " ok",
+        "talking about tokens, passwords and keys": "talking about tokens, passwords and keys",
+    }
+    for raw, want in cases.items():
+        assert r.text(raw) == want, raw
+    nested = r.value({"out": ["fine", {"ghp_" + "a" * 36: 1}], "n": 3})
+    assert nested == {"out": ["fine", {MASK: 1}], "n": 3}
