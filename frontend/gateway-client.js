@@ -1,209 +1,21 @@
-// Browser client for the agent gateway HTTP/SSE API (docs/api.md).
+// Browser client for the agent gateway HTTP/SSE API (docs/api.md, docs/client.md).
 //
-// Nothing in this module touches window, document, EventSource or storage at
-// import time, so the pure fold (applyEvent) can be imported and tested in Node.
+// One live connection per BROWSER, whatever the number of tabs: a hub (gateway-hub.js)
+// owns the single EventSource of GET /v1/mux/{mux_id}/events and the folded state of
+// every session any tab views. The hub runs in a SharedWorker (gateway-worker.js) or,
+// where SharedWorker is missing, in the tab holding the 'gateway-leader' Web Lock, which
+// relays to the other tabs over a BroadcastChannel. A GatewayClient is one tab's handle.
+//
+// Nothing in this module touches window, document, EventSource or storage at import
+// time, so the pure fold (applyEvent) can be imported and tested in Node.
 
-/** Event types with a documented payload; SSE `event:` names equal these. */
-export const EVENT_TYPES = Object.freeze([
-  'run.started',
-  'message.delta',
-  'reasoning.delta',
-  'tool.started',
-  'tool.completed',
-  'approval.requested',
-  'approval.resolved',
-  'session.title',
-  'run.completed',
-  'run.failed',
-  'run.cancelled',
-]);
+import { applyEvent, laterOffset, normalizeState, offsetAfter, parseOffset } from './gateway-fold.js';
+import { GatewayHub } from './gateway-hub.js';
 
-const TERMINAL_STATUS = {
-  'run.completed': 'completed',
-  'run.failed': 'failed',
-  'run.cancelled': 'cancelled',
-};
-
-const RUN_EVENTS = new Set(EVENT_TYPES.filter((t) => t !== 'session.title'));
-
-// EventSource.readyState values; spelled out so test doubles need not define them.
-const ES_CONNECTING = 0;
-const ES_CLOSED = 2;
-
-/**
- * @typedef {{tool_call_id: string, name: string, args: object, status: 'running'|'completed',
- *   output: string|null, is_error: boolean, duration_ms: number|null}} ToolState
- * @typedef {{approval_id: string, prompt: string, decision: null|'approve'|'deny'}} ApprovalState
- * @typedef {{run_id: string, input: string, status: 'running'|'completed'|'failed'|'cancelled',
- *   text: string, reasoning: string, error: string|null, tools: ToolState[],
- *   approvals: ApprovalState[]}} RunState
- * @typedef {{session_id: string, status: 'idle'|'running', title: string|null,
- *   current_run: string|null, runs: RunState[],
- *   pending_approvals: {approval_id: string, run_id: string, prompt: string}[]}} SessionState
- * @typedef {{offset: string, session_id: string, run_id: string|null, type: string,
- *   data: object, ts: number}} Envelope
- */
-
-/**
- * State of a session before its first event.
- * @param {string} sessionId
- * @returns {SessionState}
- */
-export function emptyState(sessionId) {
-  return {
-    session_id: sessionId,
-    status: 'idle',
-    title: "",
-    current_run: null,
-    runs: [],
-    pending_approvals: [],
-  };
-}
-
-/**
- * Parse an offset `<epoch>_<seq>`.
- * @param {unknown} offset
- * @returns {{epoch: string, seq: number}|null} null when malformed
- */
-export function parseOffset(offset) {
-  if (typeof offset !== 'string') return null;
-  const m = /^([0-9A-Fa-f]+)_(\d+)$/.exec(offset);
-  // 12-digit seqs stay far below 2**53, so Number comparison is exact.
-  return m ? { epoch: m[1].toLowerCase(), seq: Number(m[2]) } : null;
-}
-
-function newRun(runId, input) {
-  return {
-    run_id: runId,
-    input: typeof input === 'string' ? input : '',
-    status: 'running',
-    text: '',
-    reasoning: '',
-    error: null,
-    tools: [],
-    approvals: [],
-  };
-}
-
-function str(value) {
-  return typeof value === 'string' ? value : value == null ? '' : String(value);
-}
-
-/**
- * Fold one event envelope into a session state, the same way the gateway builds
- * `GET /v1/sessions/{id}/snapshot`. Pure: the input state is never mutated; the
- * result shares untouched runs with it. Returns the very same object when the
- * event does not apply (unknown type, or a run event without run_id).
- * @param {SessionState} state
- * @param {Envelope} envelope
- * @returns {SessionState}
- */
-export function applyEvent(state, envelope) {
-  if (!envelope || typeof envelope.type !== 'string') return state;
-  const { type } = envelope;
-  const data = envelope.data && typeof envelope.data === 'object' ? envelope.data : {};
-
-  if (type === 'session.title') {
-    return { ...state, title: typeof data.title === 'string' ? data.title : null };
-  }
-  if (!RUN_EVENTS.has(type) || envelope.run_id == null) return state;
-
-  const runId = envelope.run_id;
-  const next = { ...state, runs: state.runs.slice() };
-  let idx = -1;
-  for (let i = next.runs.length - 1; i >= 0; i--) {
-    if (next.runs[i].run_id === runId) { idx = i; break; }
-  }
-  if (idx === -1) {
-    // Lazily created: the run.started may have been trimmed away or never seen.
-    next.runs.push(newRun(runId, type === 'run.started' ? data.input : ''));
-    idx = next.runs.length - 1;
-    if (!(type in TERMINAL_STATUS)) {
-      next.status = 'running';
-      next.current_run = runId;
-    }
-  }
-  const run = { ...next.runs[idx] };
-  next.runs[idx] = run;
-
-  switch (type) {
-    case 'run.started':
-      if (typeof data.input === 'string') run.input = data.input;
-      run.status = 'running';
-      next.status = 'running';
-      next.current_run = runId;
-      break;
-    case 'message.delta':
-      run.text += str(data.text);
-      break;
-    case 'reasoning.delta':
-      run.reasoning += str(data.text);
-      break;
-    case 'tool.started': {
-      const tool = {
-        tool_call_id: data.tool_call_id,
-        name: str(data.name),
-        args: data.args ?? {},
-        status: 'running',
-        output: null,
-        is_error: false,
-        duration_ms: null,
-      };
-      const i = run.tools.findIndex((t) => t.tool_call_id === data.tool_call_id);
-      run.tools = i === -1
-        ? [...run.tools, tool]
-        : run.tools.map((t, j) => (j === i ? { ...t, name: tool.name, args: tool.args } : t));
-      break;
-    }
-    case 'tool.completed': {
-      const done = {
-        status: 'completed',
-        output: data.output ?? null,
-        is_error: Boolean(data.is_error),
-        duration_ms: typeof data.duration_ms === 'number' ? data.duration_ms : null,
-      };
-      const i = run.tools.findIndex((t) => t.tool_call_id === data.tool_call_id);
-      run.tools = i === -1
-        ? [...run.tools, {
-          tool_call_id: data.tool_call_id, name: str(data.name), args: data.args ?? {}, ...done,
-        }]
-        : run.tools.map((t, j) => (j === i ? { ...t, ...done } : t));
-      break;
-    }
-    case 'approval.requested': {
-      const id = data.approval_id;
-      const prompt = str(data.prompt);
-      if (!run.approvals.some((a) => a.approval_id === id)) {
-        run.approvals = [...run.approvals, { approval_id: id, prompt, decision: null }];
-      }
-      if (!next.pending_approvals.some((p) => p.approval_id === id)) {
-        next.pending_approvals = [...next.pending_approvals, { approval_id: id, run_id: runId, prompt }];
-      }
-      break;
-    }
-    case 'approval.resolved': {
-      const id = data.approval_id;
-      const decision = data.decision ?? null;
-      run.approvals = run.approvals.some((a) => a.approval_id === id)
-        ? run.approvals.map((a) => (a.approval_id === id ? { ...a, decision } : a))
-        : [...run.approvals, { approval_id: id, prompt: '', decision }];
-      next.pending_approvals = next.pending_approvals.filter((p) => p.approval_id !== id);
-      break;
-    }
-    case 'run.completed':
-    case 'run.failed':
-    case 'run.cancelled':
-      run.status = TERMINAL_STATUS[type];
-      if (type === 'run.failed') run.error = data.error ?? null;
-      next.status = 'idle';
-      next.current_run = null;
-      next.pending_approvals = next.pending_approvals.filter((p) => p.run_id !== runId);
-      break;
-    default:
-      break;
-  }
-  return next;
-}
+export {
+  EVENT_TYPES, applyEvent, emptyState, laterOffset, offsetAfter, parseOffset,
+} from './gateway-fold.js';
+export { GatewayHub } from './gateway-hub.js';
 
 /** Error for gateway answers the caller is not expected to handle inline. */
 export class GatewayError extends Error {
@@ -216,6 +28,10 @@ export class GatewayError extends Error {
   }
 }
 
+const MUX_KEY = 'gw.mux';
+const LEADER_LOCK = 'gateway-leader';
+const enc = encodeURIComponent;
+
 function memoryStorage() {
   const map = new Map();
   return {
@@ -226,69 +42,92 @@ function memoryStorage() {
 }
 
 function defaultStorage() {
-  // sessionStorage throws when storage is disabled; an in-memory fallback only
-  // costs us connection reuse across reloads.
+  // localStorage: the mux id belongs to the browser, not to one tab. It throws when
+  // storage is disabled; then each page load gets its own mux.
   try {
-    const s = globalThis.sessionStorage;
+    const s = globalThis.localStorage;
     if (s) {
-      s.getItem('gw.probe');
+      s.getItem(MUX_KEY);
       return s;
     }
   } catch { /* fall through */ }
   return memoryStorage();
 }
 
-const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
-const enc = encodeURIComponent;
+function randomId() {
+  const c = globalThis.crypto;
+  if (c && typeof c.randomUUID === 'function') return c.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+}
 
 /**
- * Client for one browser tab. Keeps every visited session's folded state in
- * memory and holds at most one EventSource: the one for the viewed session.
+ * One tab's handle on the browser's shared gateway connection.
  *
- * Offsets are acknowledged manually (commit "manual") once per second, before
- * switching sessions and on pagehide, so a reload resumes exactly where this
- * tab stopped processing.
- *
- * Events: `on('event', (sessionId, envelope, state) => …)`,
- * `on('state', (sessionId, state) => …)`, `on('status', (status) => …)` where
- * status is 'live' | 'reconnecting' | 'offline' | 'superseded'.
+ * Events (`on(name, fn)`, returns an unsubscribe function):
+ * - `state` (sessionId, state): the viewed session's state changed (first load,
+ *   every event, reset)
+ * - `event` (sessionId, envelope, state): one live event was folded in
+ * - `status` (status): 'live' | 'reconnecting' | 'offline' | 'superseded'
+ * - `activity` (entry): an activity-feed entry of any session
+ *   `{session_id, status?, title?, run_id?, last_offset?, ts}`
+ * - `read` (): committed / processed offsets moved; recompute unread markers
+ * - `transport` (transport): 'shared-worker' | 'broadcast-leader' | 'broadcast-follower'
+ * - `mux` (muxId): the browser's mux id changed
+ * - `error` ({sessionId, message, fatal}): loading a session keeps failing (the hub
+ *   retries unless `fatal`, e.g. an invalid session id)
  */
 export class GatewayClient {
   /**
    * @param {object} [options]
-   * @param {string} [options.baseUrl] prefix for API paths, default same origin
+   * @param {string} [options.baseUrl] prefix of API paths, default same origin
+   * @param {'auto'|'shared-worker'|'broadcast'} [options.transport] default 'auto':
+   *   SharedWorker where available, else Web Locks + BroadcastChannel
+   * @param {string|URL} [options.workerUrl] default gateway-worker.js next to this module
    * @param {typeof fetch} [options.fetch]
-   * @param {typeof EventSource} [options.EventSource]
-   * @param {Storage} [options.storage] where connection ids live, default sessionStorage
-   * @param {number} [options.ackIntervalMs] default 1000
-   * @param {number} [options.maxBackoffMs] default 10000
+   * @param {typeof EventSource} [options.EventSource] used when this tab leads
+   * @param {Storage} [options.storage] where the mux id lives, default localStorage
+   * @param {number} [options.ackIntervalMs] default 1000 (hub side)
+   * @param {number} [options.maxBackoffMs] default 10000 (hub side)
+   * @param {number} [options.unsubscribeGraceMs] default 1500 (hub side): how long a
+   *   session no tab views stays subscribed; 0 unsubscribes at once
+   *   (hub options apply when this tab's hello creates the hub)
    */
   constructor(options = {}) {
     this.baseUrl = (options.baseUrl ?? '').replace(/\/+$/, '');
+    this._mode = options.transport ?? 'auto';
+    this._workerUrl = options.workerUrl ?? new URL('./gateway-worker.js', import.meta.url);
     this._fetch = options.fetch ?? ((...args) => globalThis.fetch(...args));
     this._EventSource = options.EventSource ?? globalThis.EventSource;
     this._storage = options.storage ?? defaultStorage();
     this._ackIntervalMs = options.ackIntervalMs ?? 1000;
     this._maxBackoffMs = options.maxBackoffMs ?? 10000;
+    this._graceMs = options.unsubscribeGraceMs;
 
-    /** @type {Map<string, {state: SessionState, offset: string, acked: string|null, buffer: Envelope[], resyncing: boolean}>} */
-    this._sessions = new Map();
-    this._listeners = { event: new Set(), state: new Set(), status: new Set() };
-    this._openSources = new Set();
-    /** Read by tests: number of EventSources this client currently has open. */
-    this.debug = { openEventSources: 0 };
+    /** @type {'shared-worker'|'broadcast-leader'|'broadcast-follower'|null} */
+    this.transport = null;
     /** @type {'live'|'reconnecting'|'offline'|'superseded'} */
     this.status = 'offline';
+    /** Read by tests: EventSources open in THIS tab (1 only in the broadcast leader). */
+    this.debug = { openEventSources: 0, hub: null };
 
-    this._viewing = null; // session the caller asked for
-    this._attached = null; // {sid, cid, es} of the session we stream (es null while down)
-    this._gen = 0; // bumped by every view(); stale async work compares and bails out
-    this._chain = Promise.resolve(); // serialises attach/detach so two streams never overlap
-    this._retryTimer = null;
-    this._retryAttempt = 0;
-    this._ackTimer = null;
-    this._ackInFlight = false;
+    this._listeners = {
+      event: new Set(), state: new Set(), status: new Set(), activity: new Set(),
+      read: new Set(), transport: new Set(), mux: new Set(), error: new Set(),
+    };
+    this._views = new Set(); // sessions this tab views
+    this._viewing = null; // the one passed to view()
+    /** @type {Map<string, {state: object, offset: string, syncing: boolean}>} */
+    this._sessions = new Map();
+    this._waiters = new Map(); // sid -> resolve functions waiting for its first state
+    this._committed = new Map(); // this mux's committed offsets
+    this._held = new Map(); // how far the hub processed sessions it holds
+    this._localRead = new Map(); // offsets this tab had when it stopped viewing a session
+    this._baseline = new Map(); // last_offset at first sight, for sessions the mux never saw
+    this._subs = new Set(); // sessions some tab of this browser views
+    this._describeWaiters = new Map();
     this._closed = false;
+    this._gen = 0;
+    this._conn = null; // {tab, send, teardown}
 
     this._onPageHide = this._onPageHide.bind(this);
     this._onPageShow = this._onPageShow.bind(this);
@@ -297,13 +136,13 @@ export class GatewayClient {
       this._win.addEventListener('pagehide', this._onPageHide);
       this._win.addEventListener('pageshow', this._onPageShow);
     }
+    this._connect();
   }
 
-  // ---- listeners -------------------------------------------------------
+  // ---- listeners --------------------------------------------------------------
 
   /**
-   * Subscribe to 'event', 'state' or 'status'.
-   * @param {'event'|'state'|'status'} name
+   * @param {'event'|'state'|'status'|'activity'|'read'|'transport'|'mux'|'error'} name
    * @param {Function} fn
    * @returns {() => void} unsubscribe
    */
@@ -314,7 +153,7 @@ export class GatewayClient {
     return () => set.delete(fn);
   }
 
-  /** @param {'event'|'state'|'status'} name @param {Function} fn */
+  /** @param {string} name @param {Function} fn */
   off(name, fn) {
     this._listeners[name]?.delete(fn);
   }
@@ -326,29 +165,40 @@ export class GatewayClient {
   }
 
   _setStatus(status) {
-    if (status === this.status) return;
+    if (!status || status === this.status) return;
     this.status = status;
     this._emit('status', status);
   }
 
-  // ---- state accessors -------------------------------------------------
+  _setTransport(transport) {
+    if (transport === this.transport) return;
+    this.transport = transport;
+    this._emit('transport', transport);
+  }
 
-  /** Session currently viewed (or being switched to), or null. */
+  // ---- state accessors --------------------------------------------------------
+
+  /** The session passed to the last view(), or null. */
   get currentSession() {
     return this._viewing;
   }
 
+  /** This browser's mux id (localStorage `gw.mux`), or null before the first one. */
+  get muxId() {
+    try { return this._storage.getItem(MUX_KEY); } catch { return null; }
+  }
+
   /**
-   * In-memory state of a session, or null if it was never loaded.
+   * State of a session this tab views, or null (not viewed, or still loading).
    * @param {string} sessionId
-   * @returns {SessionState|null}
+   * @returns {import('./gateway-fold.js').SessionState|null}
    */
   getState(sessionId) {
     return this._sessions.get(sessionId)?.state ?? null;
   }
 
   /**
-   * Offset of the last event folded into the session's state, or null.
+   * Offset of the last event folded into the viewed session's state, or null.
    * @param {string} sessionId
    * @returns {string|null}
    */
@@ -356,7 +206,424 @@ export class GatewayClient {
     return this._sessions.get(sessionId)?.offset ?? null;
   }
 
-  // ---- HTTP ------------------------------------------------------------
+  /**
+   * How far this device has read a session: the later of the mux's committed offset,
+   * what the hub processed, and what this tab showed. undefined if never seen.
+   * @param {string} sessionId
+   * @returns {string|null|undefined}
+   */
+  getReadOffset(sessionId) {
+    let read;
+    for (const m of [this._committed, this._held, this._localRead]) {
+      if (m.has(sessionId)) read = laterOffset(read ?? null, m.get(sessionId));
+    }
+    const viewed = this._sessions.get(sessionId);
+    if (viewed) read = laterOffset(read ?? null, viewed.offset);
+    return read;
+  }
+
+  /**
+   * Unread marker for a sidebar row: the session's last_offset (from listSessions()
+   * or an activity entry) is beyond what this device has read. A session viewed by
+   * any tab of this browser is never unread. For a session this device never opened,
+   * the last_offset seen when it first appeared is the baseline: only activity after
+   * that marks it unread.
+   * @param {{session_id: string, last_offset?: string|null}} session
+   * @returns {boolean}
+   */
+  isUnread(session) {
+    const sid = session && session.session_id;
+    if (!sid || !session.last_offset) return false;
+    if (this._views.has(sid) || this._subs.has(sid)) return false;
+    let read = this.getReadOffset(sid);
+    if (read === undefined) {
+      if (!this._baseline.has(sid)) this._baseline.set(sid, null);
+      read = this._baseline.get(sid);
+    }
+    return offsetAfter(session.last_offset, read);
+  }
+
+  // ---- transport --------------------------------------------------------------
+
+  _connect() {
+    const gen = ++this._gen;
+    const tab = randomId();
+    const sharedOk = typeof globalThis.SharedWorker === 'function';
+    if (this._mode === 'shared-worker' || (this._mode === 'auto' && sharedOk)) {
+      if (sharedOk && this._connectWorker(gen, tab)) return;
+    }
+    this._connectBroadcast(gen, tab);
+  }
+
+  /** Hold a Web Lock named after the tab while it lives; the hub watches it. */
+  async _holdTabLock(conn) {
+    const locks = globalThis.navigator?.locks;
+    if (!locks) return null;
+    const name = `gateway-tab-${conn.tab}`;
+    await new Promise((acquired) => {
+      locks.request(name, () => {
+        acquired();
+        return new Promise((release) => { conn.releaseLock = release; });
+      }).catch(() => acquired());
+    });
+    return name;
+  }
+
+  _connectWorker(gen, tab) {
+    let worker;
+    try {
+      worker = new SharedWorker(this._workerUrl, { type: 'module', name: `gateway-hub ${this.baseUrl}` });
+    } catch (err) {
+      console.warn('gateway: SharedWorker unavailable, using the broadcast fallback', err);
+      return false;
+    }
+    const port = worker.port;
+    const conn = {
+      tab,
+      welcomed: false,
+      lock: null,
+      releaseLock: null,
+      send: (msg) => port.postMessage(msg),
+      teardown: () => {
+        port.close();
+        if (conn.releaseLock) conn.releaseLock();
+      },
+    };
+    this._conn = conn;
+    this._setTransport('shared-worker');
+    worker.addEventListener('error', (ev) => {
+      // The worker script failed to load or start: fall back to the in-page hub.
+      if (conn.welcomed || gen !== this._gen || this._closed) return;
+      console.warn('gateway: SharedWorker failed, using the broadcast fallback', ev.message || ev);
+      conn.teardown();
+      this._gen += 1;
+      this._connectBroadcast(this._gen, randomId());
+    });
+    port.addEventListener('message', (ev) => {
+      if (gen !== this._gen) return;
+      if (ev.data && ev.data.t === 'welcome') conn.welcomed = true;
+      this._onHubMessage(ev.data);
+    });
+    port.start();
+    this._holdTabLock(conn).then((lock) => {
+      if (gen !== this._gen) { if (conn.releaseLock) conn.releaseLock(); return; }
+      conn.lock = lock;
+      this._hello();
+    });
+    return true;
+  }
+
+  _connectBroadcast(gen, tab) {
+    const channel = typeof BroadcastChannel === 'function'
+      ? new BroadcastChannel(`gateway-hub ${this.baseUrl}`)
+      : null;
+    const locks = globalThis.navigator?.locks ?? null;
+    const leaderAbort = typeof AbortController === 'function' ? new AbortController() : null;
+    const conn = {
+      tab,
+      lock: null,
+      releaseLock: null,
+      hub: null,
+      resign: null,
+      send: (msg) => {
+        if (conn.hub) queueMicrotask(() => { if (conn.hub) conn.hub.handle(msg); });
+        else if (channel) channel.postMessage({ k: 'hub', msg });
+      },
+      teardown: () => {
+        if (leaderAbort) leaderAbort.abort();
+        if (conn.hub) {
+          conn.hub.close();
+          conn.hub = null;
+          this.debug.hub = null;
+          this.debug.openEventSources = 0;
+        }
+        if (conn.resign) conn.resign(); // frees 'gateway-leader': another tab takes over
+        if (channel) channel.close();
+        if (conn.releaseLock) conn.releaseLock();
+      },
+    };
+    this._conn = conn;
+    this._setTransport('broadcast-follower');
+
+    if (channel) {
+      channel.onmessage = (ev) => {
+        const data = ev.data;
+        if (gen !== this._gen || !data || typeof data !== 'object') return;
+        if (data.k === 'hub') {
+          if (conn.hub) conn.hub.handle(data.msg);
+        } else if (data.k === 'tabs') {
+          if (!conn.hub && (data.to === '*' || (Array.isArray(data.to) && data.to.includes(tab)))) {
+            this._onHubMessage(data.msg);
+          }
+        } else if (data.k === 'leader') {
+          // A new leader has an empty hub: tell it what we view and what we hold.
+          if (!conn.hub) this._hello();
+        }
+      };
+    }
+
+    const lead = () => {
+      if (gen !== this._gen || this._closed) return undefined;
+      const hub = new GatewayHub({
+        transport: 'broadcast-leader',
+        baseUrl: this.baseUrl,
+        fetch: this._fetch,
+        EventSource: this._EventSource,
+        ackIntervalMs: this._ackIntervalMs,
+        maxBackoffMs: this._maxBackoffMs,
+        unsubscribeGraceMs: this._graceMs,
+        send: (tabs, msg) => {
+          if (tabs === '*' || tabs.includes(tab)) {
+            // Asynchronously, like a real port: no re-entrancy into the hub.
+            queueMicrotask(() => { if (gen === this._gen) this._onHubMessage(msg); });
+          }
+          const to = tabs === '*' ? '*' : tabs.filter((t) => t !== tab);
+          if (channel && (to === '*' || to.length)) channel.postMessage({ k: 'tabs', to, msg });
+        },
+        onStream: (es) => { this.debug.openEventSources = es ? 1 : 0; },
+      });
+      conn.hub = hub;
+      this.debug.hub = hub;
+      this._setTransport('broadcast-leader');
+      if (channel) channel.postMessage({ k: 'leader', tab });
+      this._hello();
+      return new Promise((resolve) => { conn.resign = resolve; });
+    };
+
+    this._holdTabLock(conn).then((lock) => {
+      if (gen !== this._gen) { if (conn.releaseLock) conn.releaseLock(); return; }
+      conn.lock = lock;
+      this._hello(); // to the current leader, if there is one
+      if (locks && channel) {
+        locks.request(LEADER_LOCK, leaderAbort ? { signal: leaderAbort.signal } : {}, lead)
+          .catch(() => { /* aborted: this tab left before leading */ });
+      } else {
+        lead(); // no Web Locks or BroadcastChannel: this tab is its own hub
+      }
+    });
+  }
+
+  _hello() {
+    const conn = this._conn;
+    if (!conn || this._closed) return;
+    const have = {};
+    for (const sid of this._views) {
+      const s = this._sessions.get(sid);
+      if (s && s.state) have[sid] = { state: s.state, offset: s.offset };
+    }
+    conn.send({
+      t: 'hello',
+      tab: conn.tab,
+      baseUrl: this.baseUrl,
+      hubOptions: {
+        ackIntervalMs: this._ackIntervalMs,
+        maxBackoffMs: this._maxBackoffMs,
+        unsubscribeGraceMs: this._graceMs,
+      },
+      mux: this.muxId,
+      views: [...this._views],
+      have,
+      lock: conn.hub ? null : conn.lock,
+    });
+  }
+
+  _send(msg) {
+    const conn = this._conn;
+    if (conn) conn.send({ ...msg, tab: conn.tab });
+  }
+
+  _disconnect() {
+    const conn = this._conn;
+    this._conn = null;
+    this._gen += 1;
+    if (!conn) return;
+    if (!conn.hub) {
+      try { conn.send({ t: 'bye', tab: conn.tab }); } catch { /* port gone */ }
+    }
+    conn.teardown();
+  }
+
+  // ---- messages from the hub --------------------------------------------------
+
+  _onHubMessage(msg) {
+    if (!msg || typeof msg !== 'object' || this._closed) return;
+    switch (msg.t) {
+      case 'welcome':
+        if (msg.mux) this._storeMux(msg.mux);
+        this._mergeRead(this._committed, msg.committed);
+        this._subs = new Set(msg.subs || []);
+        this._setStatus(msg.status);
+        this._emit('read');
+        break;
+      case 'mux':
+        this._committed.clear();
+        this._storeMux(msg.mux);
+        this._emit('read');
+        break;
+      case 'status':
+        this._setStatus(msg.status);
+        break;
+      case 'state': this._onState(msg); break;
+      case 'event': this._onEvent(msg); break;
+      case 'activity':
+        if (msg.entry) this._emit('activity', msg.entry);
+        break;
+      case 'read':
+        this._mergeRead(this._committed, msg.offsets);
+        this._emit('read');
+        break;
+      case 'subs':
+        this._subs = new Set(msg.sids || []);
+        this._mergeRead(this._held, msg.held);
+        this._emit('read');
+        break;
+      case 'error':
+        this._emit('error', { sessionId: msg.sid, message: msg.message, fatal: Boolean(msg.fatal) });
+        break;
+      case 'described': {
+        const resolve = this._describeWaiters.get(msg.id);
+        this._describeWaiters.delete(msg.id);
+        if (resolve) resolve(msg.data);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  _mergeRead(map, offsets) {
+    if (!offsets || typeof offsets !== 'object') return;
+    for (const [sid, offset] of Object.entries(offsets)) {
+      if (typeof offset === 'string') map.set(sid, laterOffset(map.get(sid) ?? null, offset));
+    }
+  }
+
+  _storeMux(mux) {
+    if (typeof mux !== 'string' || !mux || mux === this.muxId) return;
+    try { this._storage.setItem(MUX_KEY, mux); } catch { /* quota or disabled */ }
+    this._emit('mux', mux);
+  }
+
+  _onState({ sid, state, offset }) {
+    if (!this._views.has(sid)) return;
+    const st = normalizeState(sid, state);
+    this._sessions.set(sid, { state: st, offset, syncing: false });
+    this._emit('state', sid, st);
+    const waiters = this._waiters.get(sid);
+    if (waiters) {
+      this._waiters.delete(sid);
+      for (const resolve of waiters) resolve(st);
+    }
+  }
+
+  _onEvent({ sid, env }) {
+    const s = this._sessions.get(sid);
+    if (!s || !env) return;
+    const off = parseOffset(env.offset);
+    const cur = parseOffset(s.offset);
+    if (!off) return;
+    if (cur && off.epoch === cur.epoch && off.seq <= cur.seq) return; // already folded
+    if (!cur || off.epoch !== cur.epoch || off.seq !== cur.seq + 1) {
+      // Cannot happen with an in-order transport; ask the hub for its state rather
+      // than show a wrong transcript.
+      if (!s.syncing) {
+        s.syncing = true;
+        this._send({ t: 'sync', sid });
+      }
+      return;
+    }
+    s.state = applyEvent(s.state, env);
+    s.offset = env.offset;
+    this._emit('event', sid, env, s.state);
+    this._emit('state', sid, s.state);
+  }
+
+  // ---- viewing ----------------------------------------------------------------
+
+  /**
+   * Make `sessionId` the one session this tab views (null: none). Changes the browser's
+   * subscriptions, never its connection. Resolves with the session's state once the hub
+   * has it (at once when another tab already views it).
+   * @param {string|null} sessionId
+   * @returns {Promise<object|null>}
+   */
+  view(sessionId) {
+    if (this._closed) return Promise.reject(new Error('GatewayClient is closed'));
+    this._viewing = sessionId || null;
+    return this._setViews(sessionId ? [sessionId] : [], sessionId);
+  }
+
+  /**
+   * Also view `sessionId` (for UIs showing several sessions at once).
+   * @param {string} sessionId
+   * @returns {Promise<object>}
+   */
+  watch(sessionId) {
+    if (this._closed) return Promise.reject(new Error('GatewayClient is closed'));
+    return this._setViews([...this._views, sessionId], sessionId);
+  }
+
+  /** Stop viewing `sessionId`. @param {string} sessionId */
+  unwatch(sessionId) {
+    if (this._viewing === sessionId) this._viewing = null;
+    this._setViews([...this._views].filter((s) => s !== sessionId), null);
+  }
+
+  /** Sessions this tab views. @returns {string[]} */
+  get views() {
+    return [...this._views];
+  }
+
+  _setViews(list, waitFor) {
+    const next = new Set(list.filter((s) => typeof s === 'string' && s));
+    for (const sid of this._views) {
+      if (next.has(sid)) continue;
+      const s = this._sessions.get(sid);
+      if (s) this._localRead.set(sid, laterOffset(this._localRead.get(sid) ?? null, s.offset));
+      this._sessions.delete(sid);
+      const waiters = this._waiters.get(sid);
+      if (waiters) {
+        this._waiters.delete(sid);
+        for (const resolve of waiters) resolve(null);
+      }
+    }
+    const changed = next.size !== this._views.size || [...next].some((s) => !this._views.has(s));
+    this._views = next;
+    if (changed) this._send({ t: 'views', sids: [...next] });
+    this._emit('read');
+    if (!waitFor) return Promise.resolve(null);
+    const have = this._sessions.get(waitFor);
+    if (have) return Promise.resolve(have.state);
+    return new Promise((resolve) => {
+      const list2 = this._waiters.get(waitFor) || [];
+      list2.push(resolve);
+      this._waiters.set(waitFor, list2);
+    });
+  }
+
+  /**
+   * Debugging: the hub's view of things (mux, status, tabs, sessions with offsets, recent
+   * requests), wherever the hub runs. Resolves null if no hub answers within 2 s.
+   * @returns {Promise<object|null>}
+   */
+  describeHub() {
+    const id = randomId();
+    return new Promise((resolve) => {
+      this._describeWaiters.set(id, resolve);
+      this._send({ t: 'describe', id });
+      setTimeout(() => {
+        if (this._describeWaiters.delete(id)) resolve(null);
+      }, 2000);
+    });
+  }
+
+  /** Ask the hub to reconnect now (after 'superseded' or while 'offline'). */
+  reconnect() {
+    if (this._closed) return;
+    this._send({ t: 'reconnect' });
+  }
+
+  // ---- HTTP -------------------------------------------------------------------
 
   _url(path) {
     return this.baseUrl + path;
@@ -389,8 +656,8 @@ export class GatewayClient {
     return r.data;
   }
 
-  // Commands report conflicts (409) and vanished targets (404) as values: they
-  // are normal races between tabs, workers and the user, not bugs.
+  // Commands report conflicts (409) and vanished targets (404) as values: they are
+  // normal races between tabs, devices, workers and the user, not bugs.
   async _command(method, path, body) {
     const r = await this._request(method, path, body);
     if (r.ok) return { ok: true, ...(r.data || {}) };
@@ -407,17 +674,39 @@ export class GatewayClient {
    */
   async createSession(sessionId) {
     const data = await this._call('POST', '/v1/sessions', sessionId ? { session_id: sessionId } : {});
+    if (data && data.session_id && !this._baseline.has(data.session_id)) {
+      this._baseline.set(data.session_id, data.offset ?? null);
+    }
     return data.session_id;
   }
 
   /**
-   * Recently active sessions (GET /v1/sessions).
+   * Recently active sessions (GET /v1/sessions), most recent first.
    * @returns {Promise<Array<{session_id: string, status: string, title: string|null,
    *   run_id: string|null, last_offset: string, updated_ms: number}>>}
    */
   async listSessions() {
     const data = await this._call('GET', '/v1/sessions');
-    return (data && data.sessions) || [];
+    const sessions = (data && data.sessions) || [];
+    for (const s of sessions) {
+      if (!this._baseline.has(s.session_id)) this._baseline.set(s.session_id, s.last_offset ?? null);
+      // A viewed session whose log is ahead of what we hold: fine if its events are on
+      // their way, a silently stalled stream if they never come. Let the hub watch it.
+      const held = this._sessions.get(s.session_id);
+      if (held && offsetAfter(s.last_offset, held.offset)) this._send({ t: 'expect', sid: s.session_id });
+    }
+    return sessions;
+  }
+
+  /**
+   * One session's metadata (GET /v1/sessions/{id}); null when it does not exist.
+   * @param {string} sessionId
+   */
+  async getSession(sessionId) {
+    const r = await this._request('GET', `/v1/sessions/${enc(sessionId)}`);
+    if (r.status === 404) return null;
+    if (!r.ok) throw new GatewayError(r);
+    return r.data;
   }
 
   /**
@@ -427,8 +716,10 @@ export class GatewayClient {
    * @returns {Promise<{ok: true, run_id: string}|{ok: false, status: number, code: string, message: string}>}
    *   `code` is 'run_active' while another run is running
    */
-  startRun(sessionId, input) {
-    return this._command('POST', `/v1/sessions/${enc(sessionId)}/runs`, { input });
+  async startRun(sessionId, input) {
+    const r = await this._command('POST', `/v1/sessions/${enc(sessionId)}/runs`, { input });
+    if (r.ok) this._send({ t: 'expect', sid: sessionId });
+    return r;
   }
 
   /**
@@ -453,379 +744,65 @@ export class GatewayClient {
     return this._command('POST', `/v1/sessions/${enc(sessionId)}/approvals/${enc(approvalId)}`, { decision });
   }
 
-  async _loadSnapshot(sid) {
-    const path = `/v1/sessions/${enc(sid)}/snapshot`;
-    let r = await this._request('GET', path);
-    if (r.status === 404) {
-      // Viewing a session id means wanting it; connections would create it anyway.
-      await this.createSession(sid);
-      r = await this._request('GET', path);
-    }
-    if (!r.ok) throw new GatewayError(r);
-    const state = { ...emptyState(sid), ...(r.data.state || {}) };
-    state.runs = state.runs || [];
-    state.pending_approvals = state.pending_approvals || [];
-    return { state, offset: r.data.offset };
-  }
+  // ---- page lifecycle ---------------------------------------------------------
 
-  // ---- viewing / streaming ----------------------------------------------
-
-  _enqueue(task) {
-    const p = this._chain.then(task);
-    this._chain = p.catch(() => {});
-    return p;
-  }
-
-  /**
-   * Make `sessionId` the viewed session: acks and closes the previous stream,
-   * loads the snapshot if the session is not in memory, then streams it.
-   * Resolves once the stream is opening (or a retry is scheduled on failure).
-   * @param {string} sessionId
-   * @returns {Promise<void>}
-   */
-  view(sessionId) {
-    if (this._closed) return Promise.reject(new Error('GatewayClient is closed'));
-    this._viewing = sessionId;
-    const gen = ++this._gen;
-    this._clearRetry();
-    return this._enqueue(() => this._switchTo(sessionId, gen));
-  }
-
-  /** Reopen the viewed session's stream, e.g. after 'superseded'. */
-  reconnect() {
-    if (this._viewing == null) return Promise.resolve();
-    const sid = this._viewing;
-    const gen = ++this._gen;
-    this._clearRetry();
-    this._retryAttempt = 0;
-    return this._enqueue(() => this._connect(sid, gen));
-  }
-
-  async _switchTo(sid, gen) {
-    if (gen !== this._gen) return; // a later view() already replaced this one
-    const entry = this._sessions.get(sid);
-    if (entry) this._emit('state', sid, entry.state);
-    const a = this._attached;
-    if (a && a.sid === sid && a.es) return;
-    await this._connect(sid, gen);
-  }
-
-  async _detach() {
-    const a = this._attached;
-    if (!a) return;
-    this._attached = null;
-    // Close before acking so the ack covers every event this tab processed.
-    this._closeSource(a);
-    try { await this._ack(a.sid, a.cid); } catch (err) { console.warn('gateway: ack failed', err); }
-  }
-
-  async _connect(sid, gen) {
-    if (gen !== this._gen || this._closed) return;
-    if (this._attached && this._attached.sid !== sid) {
-      await this._detach();
-      if (gen !== this._gen) return;
-    }
-    let a = this._attached;
-    if (!a) {
-      a = { sid, cid: null, es: null };
-      this._attached = a;
-    }
-    this._closeSource(a);
-    try {
-      let entry = this._sessions.get(sid);
-      if (!entry) {
-        const snap = await this._loadSnapshot(sid);
-        if (gen !== this._gen) return;
-        entry = { state: snap.state, offset: snap.offset, acked: null, buffer: [], resyncing: false };
-        this._sessions.set(sid, entry);
-        this._emit('state', sid, entry.state);
+  /** Ack with a beacon what this tab (or, if it leads, the whole hub) processed. */
+  _beacon() {
+    const nav = this._win && this._win.navigator;
+    if (!nav || typeof nav.sendBeacon !== 'function') return;
+    const conn = this._conn;
+    let url = null;
+    let body = null;
+    if (conn && conn.hub) {
+      const b = conn.hub.takeBeacon();
+      if (b) ({ url, body } = b);
+    } else {
+      const mux = this.muxId;
+      const offsets = {};
+      for (const [sid, s] of this._sessions) {
+        if (s.offset && offsetAfter(s.offset, this._committed.get(sid) ?? null)) offsets[sid] = s.offset;
       }
-      a.cid = await this._ensureConnection(sid, entry);
-      if (gen !== this._gen || this._attached !== a) return;
-      this._open(a, gen);
-    } catch (err) {
-      if (gen !== this._gen || this._closed) return;
-      console.warn('gateway: attach failed', err);
-      this._setStatus('offline');
-      this._scheduleRetry(sid, gen);
-    }
-  }
-
-  async _ensureConnection(sid, entry) {
-    const key = `gw.conn.${sid}`;
-    let cid = this._storageGet(key);
-    if (cid) {
-      // The ack doubles as an existence check and moves the stored offset up to
-      // what we already hold (e.g. a snapshot loaded after a reload), so the
-      // stream does not replay events we would only drop.
-      const r = await this._postAck(sid, cid, entry.offset);
-      if (r.status === 404) {
-        cid = null;
-      } else if (r.status === 409 && r.code === 'offset_ahead') {
-        this._dropEntry(sid, entry);
-        throw new GatewayError(r);
-      } else if (r.ok) {
-        entry.acked = entry.offset;
+      if (mux && Object.keys(offsets).length) {
+        url = this._url(`/v1/mux/${enc(mux)}/ack`);
+        body = JSON.stringify({ offsets });
       }
     }
-    if (!cid) {
-      const r = await this._request('POST', `/v1/sessions/${enc(sid)}/connections`, {
-        from: entry.offset ?? 'start',
-        commit: 'manual',
-      });
-      if (!r.ok) {
-        // offset_ahead: our state comes from a log the gateway no longer has; the
-        // retry starts over from a fresh snapshot.
-        if (r.status === 409) this._dropEntry(sid, entry);
-        throw new GatewayError(r);
-      }
-      cid = r.data.connection_id;
-      this._storageSet(key, cid);
-      entry.acked = entry.offset;
+    // text/plain keeps the beacon a CORS-simple request; the gateway accepts it.
+    if (url) {
+      try { nav.sendBeacon(url, new Blob([body], { type: 'text/plain' })); } catch { /* best effort */ }
     }
-    return cid;
-  }
-
-  _dropEntry(sid, entry) {
-    if (this._sessions.get(sid) === entry) this._sessions.delete(sid);
-  }
-
-  _open(a, gen) {
-    const url = this._url(`/v1/sessions/${enc(a.sid)}/connections/${enc(a.cid)}/events`);
-    const es = new this._EventSource(url);
-    a.es = es;
-    this._openSources.add(es);
-    this._syncDebug();
-
-    // Handlers of a replaced EventSource must not touch the current stream.
-    const live = (fn) => (ev) => { if (a.es === es && this._attached === a) fn(ev); };
-    const onEvent = live((ev) => this._onMessage(a.sid, ev));
-    for (const type of EVENT_TYPES) es.addEventListener(type, onEvent);
-    es.addEventListener('message', onEvent); // frames without an `event:` line
-    es.addEventListener('reset', live(() => this._onReset(a.sid)));
-    es.addEventListener('close', live((ev) => this._onClose(a, ev)));
-    es.addEventListener('open', live(() => {
-      this._retryAttempt = 0;
-      this._setStatus('live');
-    }));
-    es.addEventListener('error', live(() => {
-      if (es.readyState === ES_CLOSED) {
-        // The browser gave up (non-200 answer, e.g. 404 for an expired
-        // connection); our own retry re-validates the connection id first.
-        this._closeSource(a);
-        this._setStatus('offline');
-        this._scheduleRetry(a.sid, gen);
-      } else if (es.readyState === ES_CONNECTING) {
-        this._setStatus('reconnecting');
-      }
-    }));
-    this._startAckTimer();
-  }
-
-  _closeSource(a) {
-    if (!a || !a.es) return;
-    a.es.close();
-    this._openSources.delete(a.es);
-    a.es = null;
-    this._syncDebug();
-  }
-
-  _syncDebug() {
-    this.debug.openEventSources = this._openSources.size;
-  }
-
-  _scheduleRetry(sid, gen) {
-    this._clearRetry();
-    if (this._closed || gen !== this._gen) return;
-    const base = Math.min(this._maxBackoffMs, 1000 * 2 ** this._retryAttempt);
-    const delay = Math.min(this._maxBackoffMs, base * (0.8 + Math.random() * 0.4));
-    this._retryAttempt += 1;
-    this._retryTimer = setTimeout(() => {
-      this._retryTimer = null;
-      this._enqueue(() => this._connect(sid, gen));
-    }, delay);
-  }
-
-  _clearRetry() {
-    if (this._retryTimer != null) clearTimeout(this._retryTimer);
-    this._retryTimer = null;
-  }
-
-  _onMessage(sid, ev) {
-    let env;
-    try { env = JSON.parse(ev.data); } catch { return; }
-    if (!env || typeof env !== 'object') return;
-    if (typeof env.type !== 'string' && ev.type !== 'message') env.type = ev.type;
-    if (env.offset == null && ev.lastEventId) env.offset = ev.lastEventId;
-    if (env.session_id != null && env.session_id !== sid) return;
-    this._ingest(sid, env);
-  }
-
-  _ingest(sid, env) {
-    const entry = this._sessions.get(sid);
-    if (!entry) return;
-    if (entry.resyncing) {
-      entry.buffer.push(env);
-      return;
-    }
-    const off = parseOffset(env.offset);
-    if (!off) return; // without a position we can neither de-duplicate nor ack it
-    const cur = parseOffset(entry.offset);
-    if (!cur || off.epoch !== cur.epoch) {
-      // Another log: our state and offsets are meaningless, same as a reset.
-      entry.buffer.push(env);
-      this._resync(sid, entry);
-      return;
-    }
-    if (off.seq <= cur.seq) return; // replay after reconnect, or already in the snapshot
-    if (off.seq > cur.seq + 1) {
-      // Seqs are consecutive, so a jump proves we missed events: re-sync rather
-      // than render a silently wrong transcript.
-      entry.buffer.push(env);
-      this._resync(sid, entry);
-      return;
-    }
-    entry.state = applyEvent(entry.state, env);
-    entry.offset = env.offset;
-    this._emit('event', sid, env, entry.state);
-    this._emit('state', sid, entry.state);
-  }
-
-  _onReset(sid) {
-    const entry = this._sessions.get(sid);
-    if (entry) this._resync(sid, entry);
-  }
-
-  async _resync(sid, entry) {
-    if (entry.resyncing) return;
-    entry.resyncing = true;
-    let delay = 500;
-    for (;;) {
-      try {
-        const snap = await this._loadSnapshot(sid);
-        entry.state = snap.state;
-        entry.offset = snap.offset;
-        break;
-      } catch (err) {
-        if (this._closed || this._attached?.sid !== sid) {
-          // Nobody is watching: forget the stale state; the next view reloads it.
-          entry.resyncing = false;
-          entry.buffer = [];
-          this._dropEntry(sid, entry);
-          return;
-        }
-        console.warn('gateway: snapshot reload failed', err);
-        await sleep(delay);
-        delay = Math.min(delay * 2, this._maxBackoffMs);
-      }
-    }
-    entry.resyncing = false;
-    const buffered = entry.buffer.splice(0);
-    this._emit('state', sid, entry.state);
-    for (const env of buffered) this._ingest(sid, env);
-  }
-
-  _onClose(a, ev) {
-    let reason = null;
-    try { reason = JSON.parse(ev.data).reason; } catch { /* ignore */ }
-    if (reason !== 'superseded') return;
-    this._closeSource(a);
-    this._clearRetry();
-    // Our connection id now belongs to someone else — typically a duplicated
-    // tab, which copies sessionStorage. Forget it here so a manual reconnect
-    // gets its own id instead of kicking the other tab off in turn.
-    const key = `gw.conn.${a.sid}`;
-    if (this._storageGet(key) === a.cid) this._storageRemove(key);
-    a.cid = null;
-    this._setStatus('superseded');
-  }
-
-  // ---- acks --------------------------------------------------------------
-
-  _postAck(sid, cid, offset) {
-    return this._request('POST', `/v1/sessions/${enc(sid)}/connections/${enc(cid)}/ack`, { offset });
-  }
-
-  async _ack(sid, cid) {
-    const entry = this._sessions.get(sid);
-    if (!entry || !cid || !entry.offset || entry.offset === entry.acked) return;
-    const offset = entry.offset;
-    const r = await this._postAck(sid, cid, offset);
-    if (r.ok) entry.acked = offset;
-  }
-
-  _startAckTimer() {
-    if (this._ackTimer != null) return;
-    this._ackTimer = setInterval(() => {
-      const a = this._attached;
-      if (!a || !a.cid || this._ackInFlight) return;
-      this._ackInFlight = true;
-      this._ack(a.sid, a.cid)
-        .catch(() => { /* next tick retries */ })
-        .finally(() => { this._ackInFlight = false; });
-    }, this._ackIntervalMs);
   }
 
   _onPageHide() {
-    const a = this._attached;
-    if (!a) return;
-    const entry = this._sessions.get(a.sid);
-    if (a.cid && entry && entry.offset && entry.offset !== entry.acked) {
-      const url = this._url(`/v1/sessions/${enc(a.sid)}/connections/${enc(a.cid)}/ack`);
-      const body = JSON.stringify({ offset: entry.offset });
-      // text/plain keeps the beacon a CORS-simple request; the gateway accepts it.
-      const nav = this._win && this._win.navigator;
-      const sent = nav && typeof nav.sendBeacon === 'function'
-        && nav.sendBeacon(url, new Blob([body], { type: 'text/plain' }));
-      if (sent) entry.acked = entry.offset;
-    }
-    // An open EventSource keeps the page out of the back/forward cache (or is
-    // cut by the browser); pageshow reopens it.
-    this._closeSource(a);
-    this._clearRetry();
+    if (this._closed) return;
+    this._beacon();
+    // Leave the hub (a leader resigns, closing the EventSource that would keep the
+    // page out of the back/forward cache); pageshow joins again.
+    this._disconnect();
+    this._setStatus('offline');
   }
 
   _onPageShow(ev) {
-    if (!ev.persisted || this._closed || this._viewing == null) return;
-    this.reconnect();
-  }
-
-  // ---- storage -----------------------------------------------------------
-
-  _storageGet(key) {
-    try { return this._storage.getItem(key); } catch { return null; }
-  }
-
-  _storageSet(key, value) {
-    try { this._storage.setItem(key, value); } catch { /* quota or disabled */ }
-  }
-
-  _storageRemove(key) {
-    try { this._storage.removeItem(key); } catch { /* ignore */ }
+    if (!ev.persisted || this._closed || this._conn) return;
+    // Back from the BFCache: a fresh hello makes the hub send the current state of every
+    // session we view (a hub that lost it adopts ours and resumes from its offset).
+    this._connect();
   }
 
   /**
-   * Ack the viewed session, close the stream and stop all timers. The client
-   * cannot be used afterwards.
-   * @returns {Promise<void>}
+   * Ack what this tab processed, leave the hub and stop. The client cannot be used
+   * afterwards. The browser's connection stays up while other tabs use it.
    */
-  async close() {
+  close() {
     if (this._closed) return;
+    this._beacon();
+    this._disconnect();
     this._closed = true;
-    this._gen += 1;
-    this._clearRetry();
-    if (this._ackTimer != null) clearInterval(this._ackTimer);
-    this._ackTimer = null;
     if (this._win) {
       this._win.removeEventListener('pagehide', this._onPageHide);
       this._win.removeEventListener('pageshow', this._onPageShow);
     }
-    const a = this._attached;
-    this._attached = null;
-    if (a) {
-      this._closeSource(a);
-      try { await this._ack(a.sid, a.cid); } catch { /* best effort */ }
-    }
-    this._setStatus('offline');
+    this.status = 'offline';
+    this._emit('status', 'offline');
   }
 }

@@ -1,0 +1,939 @@
+// The per-browser hub: owns the ONE EventSource of the browser (GET /v1/mux/{id}/events),
+// the folded state of every session any tab views, the subscriptions, and the manual
+// commit (acks). It runs either in a SharedWorker (gateway-worker.js) or, where
+// SharedWorker is missing, in the tab that holds the 'gateway-leader' Web Lock
+// (gateway-client.js). Tabs talk to it with small messages (see PROTOCOL below); the
+// transport only has to deliver them in order.
+//
+// No DOM and no storage here: a SharedWorker has neither localStorage nor sendBeacon.
+// Tabs keep the mux id in localStorage and hand it to the hub in their hello.
+//
+// PROTOCOL (all messages are plain objects with a `t` field)
+//   tab -> hub
+//     {t:'hello', tab, mux, views:[sid], have:{sid:{state, offset}}, lock}
+//         register a tab; `mux` is its stored mux id (may be null), `have` the states it
+//         already holds (used to seed a fresh hub without a snapshot), `lock` the name of
+//         a Web Lock the tab holds while alive (the hub learns the tab died when it frees)
+//     {t:'views', tab, sids:[sid]}   the full set of sessions the tab views now
+//     {t:'sync', tab, sid}           send me this session's state again
+//     {t:'reconnect', tab}           user asked to reconnect (resets 'superseded')
+//     {t:'expect', sid, tab}         events should follow soon (a run started, or the
+//                                    log is ahead of the state the tab holds)
+//     {t:'describe', tab, id}        debug: reply {t:'described', id, data: describe()}
+//     {t:'bye', tab}                 the tab goes away (pagehide)
+//   hub -> tab
+//     {t:'welcome', transport, mux, status, committed:{sid:offset}, subs:[sid]}
+//     {t:'mux', mux}                 the mux id changed (tabs store it)
+//     {t:'status', status}           'live'|'reconnecting'|'offline'|'superseded'
+//     {t:'state', sid, state, offset}  full state (first view, reset, re-sync)
+//     {t:'event', sid, env}          one envelope folded after the last state/event
+//     {t:'activity', entry}          an activity-feed entry (every session)
+//     {t:'read', offsets:{sid:offset}}  committed offsets that moved (after an ack)
+//     {t:'subs', sids:[sid], held:{sid:offset}}  sessions viewed by some tab; how far the
+//                                    hub processed each session it holds
+//     {t:'error', sid, message, fatal}  loading a session keeps failing (the hub retries
+//                                    unless fatal, e.g. 400 invalid_id)
+
+import { applyEvent, laterOffset, normalizeState, parseOffset } from './gateway-fold.js';
+
+export const HUB_PROTOCOL = 1;
+
+const ES_CONNECTING = 0;
+const ES_CLOSED = 2;
+const enc = encodeURIComponent;
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+/** Unsubscribed sessions whose state the hub keeps, so switching back is instant. */
+const CACHE_LIMIT = 24;
+/** Events buffered for a session while its snapshot loads or it re-syncs. */
+const BUFFER_LIMIT = 5000;
+/**
+ * A running (or just started) session silent this long gets one probe of its last
+ * offset. An EventSource cannot see the gateway's `: hb` comments, so a stream stalled
+ * by a half-open TCP connection, a proxy or a server bug is otherwise invisible.
+ */
+const STALL_MS = 12000;
+/**
+ * A session no tab views any more stays subscribed this long: a reload, or switching
+ * away and straight back, then costs no DELETE + PUT (and no restart of its delivery).
+ */
+const UNSUBSCRIBE_GRACE_MS = 1500;
+/**
+ * A fresh hub adopts a subscription an earlier hub of this browser left on the mux
+ * (leader hand-over, worker restart) without a PUT when the committed offset is at most
+ * this many events behind the state it holds: the stream resumes from the committed
+ * offset and de-duplication drops what it already has.
+ */
+const ADOPT_MAX_BEHIND = 500;
+const WATCHDOG_TICK_MS = 4000;
+
+class HttpError extends Error {
+  constructor(r) {
+    super(r.message || `${r.code} (HTTP ${r.status})`);
+    this.status = r.status;
+    this.code = r.code;
+  }
+}
+
+/**
+ * @typedef {{sid: string, state: object|null, offset: string|null, acked: string|null,
+ *   tabs: Set<string>, subscribed: boolean, chain: Promise<void>, buffer: object[],
+ *   resyncing: boolean, deadEpochs: Set<string>, lastUsed: number, failures: number,
+ *   retryTimer: any}} Entry
+ */
+
+export class GatewayHub {
+  /**
+   * @param {object} opts
+   * @param {(tabs: string[]|'*', msg: object) => void} opts.send deliver a message to tabs
+   * @param {'shared-worker'|'broadcast-leader'} opts.transport what tabs report as transport
+   * @param {string} [opts.baseUrl]
+   * @param {typeof fetch} [opts.fetch]
+   * @param {typeof EventSource} [opts.EventSource]
+   * @param {LockManager|null} [opts.locks]
+   * @param {number} [opts.ackIntervalMs] default 1000
+   * @param {number} [opts.maxBackoffMs] default 10000
+   * @param {number} [opts.unsubscribeGraceMs] default 1500
+   * @param {(es: EventSource|null) => void} [opts.onStream] told when the EventSource changes
+   * @param {(tab: string) => void} [opts.onTabGone] told when a tab is forgotten
+   */
+  constructor(opts) {
+    this.baseUrl = (opts.baseUrl ?? '').replace(/\/+$/, '');
+    this.transport = opts.transport;
+    this._send = opts.send;
+    this._fetch = opts.fetch ?? ((...a) => globalThis.fetch(...a));
+    this._EventSource = opts.EventSource ?? globalThis.EventSource;
+    this._locks = opts.locks === undefined ? (globalThis.navigator?.locks ?? null) : opts.locks;
+    this._ackIntervalMs = Math.max(100, opts.ackIntervalMs ?? 1000);
+    this._maxBackoffMs = opts.maxBackoffMs ?? 10000;
+    this._graceMs = opts.unsubscribeGraceMs ?? UNSUBSCRIBE_GRACE_MS;
+    this._onStream = opts.onStream ?? (() => {});
+    this._onTabGone = opts.onTabGone ?? (() => {});
+
+    this.muxId = null;
+    /** @type {'live'|'reconnecting'|'offline'|'superseded'} */
+    this.status = 'offline';
+    /** @type {Map<string, {lockAbort: AbortController|null, views: Set<string>}>} */
+    this.tabs = new Map();
+    /** @type {Map<string, Entry>} */
+    this.sessions = new Map();
+    /** Committed offsets of this mux (GET /v1/mux/{id}, then our acks). */
+    this.committed = new Map();
+    /** Sessions GET /v1/mux/{id} reported subscribed when this hub started. */
+    this._serverSubs = new Set();
+
+    this._started = false;
+    this._closed = false;
+    this._ready = null; // Promise<string>: the mux id once validated or created
+    this._es = null;
+    this._esGen = 0;
+    this._reopenTimer = null;
+    this._backoff = 0;
+    this._everLive = false;
+    this._superseded = []; // timestamps of `event: close` superseded
+    this._ackTimer = null;
+    this._watchTimer = null;
+    this._probing = false;
+    /** Times the watchdog found the stream silent while the log moved on. */
+    this.stalls = 0;
+    this._log = []; // recent requests and decisions, for describe()
+    this._acking = false;
+    this._subsKey = '';
+  }
+
+  // ---- tabs -------------------------------------------------------------------
+
+  /**
+   * A message from a tab.
+   * @param {object} msg
+   */
+  handle(msg) {
+    if (!msg || typeof msg !== 'object' || this._closed) return;
+    const tab = msg.tab;
+    switch (msg.t) {
+      case 'hello': this._hello(msg); break;
+      case 'views': if (this.tabs.has(tab)) this._setViews(tab, msg.sids, null); break;
+      case 'sync': {
+        const e = this.sessions.get(msg.sid);
+        if (e && e.state && !e.resyncing) this._send([tab], this._stateMsg(e));
+        break;
+      }
+      case 'reconnect':
+        this._superseded = [];
+        if (this.status !== 'live') this._reopen(0);
+        break;
+      case 'expect': {
+        // The tab started a run here, or saw the log ahead of us: events should follow.
+        const e = this.sessions.get(msg.sid);
+        if (e && !(e.expectUntil > Date.now())) {
+          e.expectUntil = Date.now() + 2 * STALL_MS;
+          e.lastEventAt = Date.now();
+        }
+        break;
+      }
+      case 'describe': this._send([tab], { t: 'described', id: msg.id, data: this.describe() }); break;
+      case 'bye': this.removeTab(tab); break;
+      default: break;
+    }
+  }
+
+  _hello(msg) {
+    const tab = msg.tab;
+    if (typeof tab !== 'string') return;
+    let info = this.tabs.get(tab);
+    if (!info) {
+      info = { lockAbort: null, views: new Set() };
+      this.tabs.set(tab, info);
+      if (msg.lock && this._locks) {
+        // Granted only once the tab's own lock is freed: the tab closed or crashed
+        // without a 'bye' (a hub cannot otherwise see a MessagePort die).
+        const ctl = new AbortController();
+        info.lockAbort = ctl;
+        this._locks.request(msg.lock, { signal: ctl.signal }, () => {
+          if (this.tabs.get(tab) === info) this.removeTab(tab);
+        }).catch(() => { /* aborted on bye */ });
+      }
+    }
+    if (!this.muxId && !this._ready && typeof msg.mux === 'string' && msg.mux) this.muxId = msg.mux;
+    this._start();
+    this._send([tab], {
+      t: 'welcome',
+      transport: this.transport,
+      protocol: HUB_PROTOCOL,
+      mux: this.muxId,
+      status: this.status,
+      committed: Object.fromEntries(this.committed),
+      subs: this._subs(),
+    });
+    this._setViews(tab, msg.views, msg.have);
+  }
+
+  /** Forget a tab (bye, or its liveness lock was freed). */
+  removeTab(tab) {
+    const info = this.tabs.get(tab);
+    if (!info) return;
+    this.tabs.delete(tab);
+    if (info.lockAbort) info.lockAbort.abort();
+    this._setViews(tab, [], null, info);
+    this._onTabGone(tab);
+  }
+
+  _setViews(tab, sids, have, info = this.tabs.get(tab)) {
+    const wanted = new Set(Array.isArray(sids) ? sids.filter((s) => typeof s === 'string' && s) : []);
+    for (const sid of info.views) {
+      if (wanted.has(sid)) continue;
+      const e = this.sessions.get(sid);
+      if (e) {
+        e.tabs.delete(tab);
+        e.lastUsed = Date.now();
+        if (!e.tabs.size) e.releaseAt = Date.now() + this._graceMs;
+        this._kick(e);
+      }
+    }
+    for (const sid of wanted) {
+      let e = this.sessions.get(sid);
+      if (!e) {
+        e = this._newEntry(sid);
+        this.sessions.set(sid, e);
+      }
+      const seed = have && have[sid];
+      if (!e.state && seed && seed.state && parseOffset(seed.offset) && !e.resyncing) {
+        // A fresh hub (new leader, restarted worker, BFCache restore) adopts what the
+        // tab already holds instead of reloading the snapshot.
+        e.state = normalizeState(sid, seed.state);
+        e.offset = seed.offset;
+      }
+      if (!e.tabs.has(tab)) {
+        e.tabs.add(tab);
+        if (e.state && !e.resyncing) this._send([tab], this._stateMsg(e));
+      }
+      e.lastUsed = Date.now();
+      this._kick(e);
+    }
+    info.views = wanted;
+    this._announceSubs();
+    this._evict();
+  }
+
+  _newEntry(sid) {
+    return {
+      sid,
+      state: null,
+      offset: null,
+      acked: null,
+      tabs: new Set(),
+      subscribed: false,
+      chain: Promise.resolve(),
+      buffer: [],
+      resyncing: false,
+      deadEpochs: new Set(),
+      lastUsed: Date.now(),
+      failures: 0,
+      retryTimer: null,
+      releaseAt: 0,
+      lastEventAt: Date.now(),
+      lastProbeAt: 0,
+      expectUntil: 0,
+    };
+  }
+
+  _stateMsg(e) {
+    return { t: 'state', sid: e.sid, state: e.state, offset: e.offset };
+  }
+
+  _subs() {
+    return [...this.sessions.values()].filter((e) => e.tabs.size > 0).map((e) => e.sid).sort();
+  }
+
+  _announceSubs() {
+    const subs = this._subs();
+    const key = subs.join('\n');
+    if (key === this._subsKey) return;
+    this._subsKey = key;
+    // `held`: how far the hub has processed each session it holds. A session a tab
+    // just left is read up to there even before the ack that commits it returns.
+    const held = {};
+    for (const e of this.sessions.values()) if (e.state && e.offset) held[e.sid] = e.offset;
+    this._send('*', { t: 'subs', sids: subs, held });
+  }
+
+  _evict() {
+    const idle = [...this.sessions.values()]
+      .filter((e) => e.tabs.size === 0 && !e.subscribed && !e.resyncing)
+      .sort((a, b) => b.lastUsed - a.lastUsed);
+    for (const e of idle.slice(CACHE_LIMIT)) this.sessions.delete(e.sid);
+  }
+
+  // ---- HTTP -------------------------------------------------------------------
+
+  _url(path) {
+    return this.baseUrl + path;
+  }
+
+  async _request(method, path, body) {
+    const init = { method, headers: { Accept: 'application/json' } };
+    if (body !== undefined) {
+      init.headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    let res;
+    try {
+      res = await this._fetch(this._url(path), init);
+    } catch (err) {
+      this._note(`${method} ${path} failed: ${err.message}`);
+      throw err;
+    }
+    if (method !== 'GET' || !res.ok) this._note(`${method} ${path} ${res.status}`);
+    let data = null;
+    const text = res.status === 204 ? '' : await res.text();
+    if (text) {
+      try { data = JSON.parse(text); } catch { data = null; }
+    }
+    return {
+      ok: res.ok,
+      status: res.status,
+      data,
+      code: res.ok ? null : (data && data.code) || `http_${res.status}`,
+      message: (data && data.message) || '',
+    };
+  }
+
+  // ---- mux lifecycle ----------------------------------------------------------
+
+  _start() {
+    if (this._started || this._closed) return;
+    this._started = true;
+    this._setStatus('reconnecting');
+    this._ready = this._initMux();
+    this._ready.then(() => this._openStream(), () => {});
+    this._ackTimer = setInterval(() => { this._ackTick(); }, this._ackIntervalMs);
+    this._watchTimer = setInterval(() => { this._watchdog(); }, WATCHDOG_TICK_MS);
+  }
+
+  /** Validate the stored mux id (and learn its committed offsets) or create a mux. */
+  async _initMux() {
+    let delay = 500;
+    for (;;) {
+      if (this._closed) throw new Error('hub closed');
+      try {
+        if (this.muxId) {
+          const r = await this._request('GET', `/v1/mux/${enc(this.muxId)}`);
+          if (r.ok) {
+            this._learnMux(r.data);
+            return this.muxId;
+          }
+          if (r.status !== 404 && r.status !== 400) throw new HttpError(r);
+          this.muxId = null; // expired or foreign: start a new one
+        }
+        return await this._createMux();
+      } catch (err) {
+        this._setStatus('offline');
+        console.warn('gateway hub: cannot open the mux, retrying', err);
+        await sleep(delay);
+        delay = Math.min(delay * 2, this._maxBackoffMs);
+      }
+    }
+  }
+
+  _learnMux(data) {
+    this._learnCommitted(data);
+    const sessions = (data && data.sessions) || {};
+    const stale = Object.keys(sessions).filter((sid) => sessions[sid] && sessions[sid].subscribed);
+    this._serverSubs = new Set(stale);
+    // Subscriptions left by an earlier life of this browser (closed before its DELETE
+    // went out) would stream sessions nobody views. Give tabs a moment to say what
+    // they view, then drop the rest.
+    if (stale.length) {
+      setTimeout(() => {
+        for (const sid of stale) {
+          let e = this.sessions.get(sid);
+          if (e && (e.tabs.size || e.subscribed)) continue;
+          if (!e) {
+            e = this._newEntry(sid);
+            this.sessions.set(sid, e);
+          }
+          e.subscribed = true; // so that reconcile sends the DELETE
+          this._kick(e);
+        }
+      }, 5000);
+    }
+  }
+
+  async _createMux() {
+    const r = await this._request('POST', '/v1/mux', {});
+    if (!r.ok || !r.data || typeof r.data.mux_id !== 'string') throw new HttpError(r);
+    this.muxId = r.data.mux_id;
+    this.committed.clear();
+    this._serverSubs.clear();
+    for (const e of this.sessions.values()) {
+      e.subscribed = false;
+      e.acked = null;
+    }
+    this._send('*', { t: 'mux', mux: this.muxId });
+    return this.muxId;
+  }
+
+  /** The mux `staleId` is gone (404 mux_not_found): create a new one and re-subscribe. */
+  _renewMux(staleId) {
+    if (this.muxId !== staleId || this._closed) return this._ready;
+    this.muxId = null;
+    this._ready = (async () => {
+      let delay = 500;
+      for (;;) {
+        try {
+          return await this._createMux();
+        } catch (err) {
+          if (this._closed) throw err;
+          console.warn('gateway hub: cannot create a mux, retrying', err);
+          await sleep(delay);
+          delay = Math.min(delay * 2, this._maxBackoffMs);
+        }
+      }
+    })();
+    this._ready.then(() => {
+      this._openStream();
+      for (const e of this.sessions.values()) if (e.tabs.size) this._kick(e);
+    }, () => {});
+    return this._ready;
+  }
+
+  // ---- the one EventSource ----------------------------------------------------
+
+  _openStream() {
+    if (this._closed || !this.muxId) return;
+    this._closeStream();
+    clearTimeout(this._reopenTimer);
+    this._reopenTimer = null;
+    const gen = ++this._esGen;
+    const muxId = this.muxId;
+    const es = new this._EventSource(this._url(`/v1/mux/${enc(muxId)}/events`));
+    this._es = es;
+    this._onStream(es);
+    if (this.status !== 'live') this._setStatus('reconnecting');
+    const live = (fn) => (ev) => { if (this._esGen === gen && !this._closed) fn(ev); };
+
+    es.addEventListener('open', live(() => {
+      this._note('stream open');
+      this._backoff = 0;
+      this._setStatus('live');
+    }));
+    es.addEventListener('message', live((ev) => this._onEnvelope(ev)));
+    es.addEventListener('subscribed', live((ev) => this._onSubscribed(parse(ev))));
+    es.addEventListener('unsubscribed', live(() => { /* informational */ }));
+    es.addEventListener('reset', live((ev) => this._onReset(parse(ev))));
+    es.addEventListener('session', live((ev) => {
+      const entry = parse(ev);
+      if (entry && typeof entry.session_id === 'string') this._send('*', { t: 'activity', entry });
+    }));
+    es.addEventListener('close', live((ev) => this._onClose(parse(ev))));
+    es.addEventListener('error', live(() => {
+      if (es.readyState === ES_CLOSED) {
+        // Non-200 answer (404 for an expired mux, 5xx): the browser gave up. We retry
+        // ourselves with backoff, re-validating the mux first.
+        this._closeStream();
+        this._setStatus('offline');
+        this._reopen();
+      } else if (es.readyState === ES_CONNECTING) {
+        // The browser retries on its own (`retry: 2000`); every session resumes from
+        // its committed offset and we drop what we already hold.
+        this._setStatus('reconnecting');
+      }
+    }));
+  }
+
+  _closeStream() {
+    if (!this._es) return;
+    this._esGen += 1;
+    this._es.close();
+    this._es = null;
+    this._onStream(null);
+  }
+
+  _reopen(delayMs) {
+    if (this._closed) return;
+    clearTimeout(this._reopenTimer);
+    let delay = delayMs;
+    if (delay == null) {
+      const base = Math.min(this._maxBackoffMs, 1000 * 2 ** this._backoff);
+      delay = Math.min(this._maxBackoffMs, base * (0.8 + Math.random() * 0.4));
+      this._backoff += 1;
+    }
+    this._reopenTimer = setTimeout(async () => {
+      this._reopenTimer = null;
+      const muxId = this.muxId;
+      if (!muxId) return; // a renewal is under way and opens the stream itself
+      try {
+        const r = await this._request('GET', `/v1/mux/${enc(muxId)}`);
+        if (r.status === 404) {
+          this._renewMux(muxId);
+          return;
+        }
+        if (!r.ok) throw new HttpError(r);
+        this._learnCommitted(r.data);
+      } catch (err) {
+        console.warn('gateway hub: server unreachable, retrying', err);
+        this._reopen();
+        return;
+      }
+      if (this.muxId === muxId) this._openStream();
+    }, delay);
+  }
+
+  /** Merge GET /v1/mux/{id}'s committed offsets; tell tabs what moved. */
+  _learnCommitted(data) {
+    const sessions = (data && data.sessions) || {};
+    const offsets = {};
+    for (const [sid, info] of Object.entries(sessions)) {
+      if (info && typeof info.offset === 'string') offsets[sid] = info.offset;
+    }
+    this._acked(offsets, false);
+  }
+
+  _onClose(data) {
+    if (!data || data.reason !== 'superseded') return;
+    this._closeStream();
+    this._setStatus('superseded');
+    const now = Date.now();
+    this._superseded = this._superseded.filter((t) => now - t < 60000);
+    this._superseded.push(now);
+    // Another hub attached our mux (a window that could not share our worker). Take it
+    // back once after 1 s; if it keeps happening, stop the ping-pong and wait for
+    // the user ('reconnect').
+    if (this._superseded.length > 3) return;
+    this._reopen(1000);
+  }
+
+  _setStatus(status) {
+    if (status === this.status) return;
+    this.status = status;
+    if (status === 'live') this._everLive = true;
+    this._send('*', { t: 'status', status });
+  }
+
+  // ---- frames -----------------------------------------------------------------
+
+  _onEnvelope(ev) {
+    const env = parse(ev);
+    if (!env || typeof env !== 'object') return;
+    if (env.offset == null && ev.lastEventId) env.offset = ev.lastEventId;
+    const e = this.sessions.get(env.session_id);
+    if (!e || (!e.tabs.size && !e.subscribed)) return;
+    if (!e.state || e.resyncing) {
+      if (e.buffer.length < BUFFER_LIMIT) e.buffer.push(env);
+      return;
+    }
+    this._apply(e, env, false);
+  }
+
+  /**
+   * Fold one envelope into the entry. `quiet`: a gap or foreign epoch drops the event
+   * instead of starting a re-sync (used when draining a buffer right after a re-sync,
+   * whose re-PUT makes the gateway deliver those events again anyway).
+   */
+  _apply(e, env, quiet) {
+    const off = parseOffset(env.offset);
+    if (!off) return; // without a position we can neither de-duplicate nor ack it
+    const cur = parseOffset(e.offset);
+    if (!cur || off.epoch !== cur.epoch) {
+      if (quiet || e.deadEpochs.has(off.epoch)) return;
+      this._resync(e, env);
+      return;
+    }
+    if (off.seq <= cur.seq) return; // replay after a reconnect, or already in the snapshot
+    if (off.seq > cur.seq + 1) {
+      // Seqs are consecutive: a jump proves events are missing. Re-sync rather than
+      // render a silently wrong transcript.
+      if (!quiet) this._resync(e, env);
+      return;
+    }
+    e.lastEventAt = Date.now();
+    if (env.type === 'run.started') e.expectUntil = 0;
+    e.state = applyEvent(e.state, env);
+    e.offset = env.offset;
+    if (e.tabs.size) this._send([...e.tabs], { t: 'event', sid: e.sid, env });
+  }
+
+  _onSubscribed(data) {
+    if (!data) return;
+    this._note(`subscribed ${data.session_id} after ${data.offset}`);
+    const e = this.sessions.get(data.session_id);
+    if (!e || !e.state || e.resyncing) return;
+    const from = parseOffset(data.offset);
+    const cur = parseOffset(e.offset);
+    if (!from || !cur) return;
+    // Delivery resumes after `from`: if that is beyond what we hold, the events in
+    // between will never come.
+    if (from.epoch !== cur.epoch ? !e.deadEpochs.has(from.epoch) : from.seq > cur.seq) this._resync(e, null);
+  }
+
+  _onReset(data) {
+    if (!data) return;
+    const e = this.sessions.get(data.session_id);
+    if (e && (e.tabs.size || e.subscribed)) this._resync(e, null);
+  }
+
+  // ---- per-session reconciliation ---------------------------------------------
+
+  /** Queue a reconciliation of the entry: subscribe if viewed, unsubscribe if not. */
+  _kick(e) {
+    clearTimeout(e.retryTimer);
+    e.retryTimer = null;
+    e.chain = e.chain.then(() => this._reconcile(e)).catch((err) => {
+      if (this._closed) return;
+      e.failures += 1;
+      console.warn(`gateway hub: session ${e.sid}: ${err.message}`);
+      if (err.status === 400) {
+        // invalid_id and the like: retrying cannot help.
+        if (e.tabs.size) this._send([...e.tabs], { t: 'error', sid: e.sid, message: err.message, fatal: true });
+        return;
+      }
+      if (e.failures >= 3 && e.tabs.size) this._send([...e.tabs], { t: 'error', sid: e.sid, message: err.message });
+      const delay = Math.min(this._maxBackoffMs, 500 * 2 ** Math.min(e.failures, 5));
+      e.retryTimer = setTimeout(() => { e.retryTimer = null; this._kick(e); }, delay);
+    });
+  }
+
+  async _reconcile(e) {
+    for (let round = 0; round < 5 && !this._closed; round++) {
+      const want = e.tabs.size > 0;
+      if (want && !e.subscribed) {
+        const done = await this._subscribe(e);
+        if (!done) continue; // the mux was renewed or the offset refused: go again
+      } else if (!want && e.subscribed) {
+        const wait = (e.releaseAt || 0) - Date.now();
+        if (wait > 0) {
+          // Grace period; a tab viewing it again cancels this timer (_kick).
+          clearTimeout(e.retryTimer);
+          e.retryTimer = setTimeout(() => { e.retryTimer = null; this._kick(e); }, wait + 10);
+          return;
+        }
+        await this._unsubscribe(e);
+      }
+      e.failures = 0;
+      return;
+    }
+  }
+
+  async _loadSnapshot(sid) {
+    const path = `/v1/sessions/${enc(sid)}/snapshot`;
+    let r = await this._request('GET', path);
+    if (r.status === 404) {
+      // Viewing a session id means wanting it; subscribing would need it anyway.
+      const c = await this._request('POST', '/v1/sessions', { session_id: sid });
+      if (!c.ok) throw new HttpError(c);
+      r = await this._request('GET', path);
+    }
+    if (!r.ok) throw new HttpError(r);
+    return { state: normalizeState(sid, r.data && r.data.state), offset: r.data.offset };
+  }
+
+  /** Replace the entry's state with a fresh snapshot; tell its tabs. */
+  async _reload(e) {
+    const snap = await this._loadSnapshot(e.sid);
+    const old = parseOffset(e.offset);
+    const now = parseOffset(snap.offset);
+    if (old && now && old.epoch !== now.epoch) e.deadEpochs.add(old.epoch);
+    e.state = snap.state;
+    e.offset = snap.offset;
+    if (e.tabs.size) this._send([...e.tabs], this._stateMsg(e));
+  }
+
+  /** @returns {Promise<boolean>} true once subscribed */
+  async _subscribe(e) {
+    const muxId = await this._ready;
+    if (!e.state) {
+      e.buffer = e.buffer.slice(-BUFFER_LIMIT);
+      await this._reload(e);
+      this._drain(e);
+    }
+    if (!e.tabs.size) return true; // nobody wants it any more; the next round unsubscribes
+    if (this._serverSubs.delete(e.sid)) {
+      const c = parseOffset(this.committed.get(e.sid));
+      const cur = parseOffset(e.offset);
+      if (c && cur && c.epoch === cur.epoch && c.seq <= cur.seq && cur.seq - c.seq <= ADOPT_MAX_BEHIND) {
+        e.subscribed = true;
+        e.acked = this.committed.get(e.sid);
+        return true;
+      }
+    }
+    const r = await this._request('PUT', `/v1/mux/${enc(muxId)}/sessions/${enc(e.sid)}`, { from: e.offset });
+    if (r.ok) {
+      e.subscribed = true;
+      const committed = r.data && r.data.offset;
+      if (typeof committed === 'string') e.acked = committed;
+      return true;
+    }
+    if (r.status === 404 && r.code === 'mux_not_found') {
+      await this._renewMux(muxId);
+      return false;
+    }
+    if (r.status === 404 || r.status === 409 || (r.status === 400 && r.code === 'invalid_offset')) {
+      // Our offset is from a log the gateway no longer has (offset_ahead), or the
+      // session vanished: start over from a fresh snapshot.
+      e.state = null;
+      e.offset = null;
+      return false;
+    }
+    throw new HttpError(r);
+  }
+
+  async _unsubscribe(e) {
+    const muxId = await this._ready;
+    await this._flushAcks([e]);
+    const r = await this._request('DELETE', `/v1/mux/${enc(muxId)}/sessions/${enc(e.sid)}`);
+    if (!r.ok && r.status !== 404) throw new HttpError(r);
+    e.subscribed = false;
+    e.buffer = [];
+    this._evict();
+  }
+
+  _drain(e) {
+    const buffered = e.buffer.splice(0);
+    for (const env of buffered) this._apply(e, env, true);
+  }
+
+  /** Reload the snapshot and re-subscribe from its offset (reset, gap, other epoch). */
+  _resync(e, env) {
+    if (env && e.buffer.length < BUFFER_LIMIT) e.buffer.push(env);
+    if (e.resyncing) return;
+    this._note(`resync ${e.sid} at ${e.offset}${env ? ` on ${env.offset}` : ''}`);
+    e.resyncing = true;
+    e.chain = e.chain.then(async () => {
+      let delay = 500;
+      for (;;) {
+        if (this._closed) return;
+        if (!e.tabs.size) {
+          // Nobody is looking: forget the stale state; the next view reloads it.
+          e.state = null;
+          e.offset = null;
+          e.buffer = [];
+          e.resyncing = false;
+          this._kick(e);
+          return;
+        }
+        try {
+          await this._reload(e);
+          const muxId = await this._ready;
+          const r = await this._request('PUT', `/v1/mux/${enc(muxId)}/sessions/${enc(e.sid)}`, { from: e.offset });
+          if (r.status === 404 && r.code === 'mux_not_found') {
+            e.subscribed = false;
+            await this._renewMux(muxId);
+          } else if (!r.ok) {
+            throw new HttpError(r);
+          } else {
+            e.subscribed = true;
+          }
+          break;
+        } catch (err) {
+          console.warn(`gateway hub: re-sync of ${e.sid} failed, retrying`, err);
+          await sleep(delay);
+          delay = Math.min(delay * 2, this._maxBackoffMs);
+        }
+      }
+      e.resyncing = false;
+      this._drain(e);
+      this._kick(e);
+    });
+  }
+
+  // ---- stall watchdog ---------------------------------------------------------
+
+  async _watchdog() {
+    if (this._closed || this._probing || !this._es || this.status !== 'live') return;
+    const now = Date.now();
+    const suspects = [...this.sessions.values()].filter((e) => e.subscribed && e.state && !e.resyncing
+      && (e.state.status === 'running' || e.expectUntil > now)
+      && now - e.lastEventAt > STALL_MS && now - e.lastProbeAt > STALL_MS);
+    if (!suspects.length) return;
+    this._probing = true;
+    try {
+      const behind = [];
+      for (const e of suspects) {
+        e.lastProbeAt = Date.now();
+        const r = await this._request('GET', `/v1/sessions/${enc(e.sid)}`);
+        if (r.ok && r.data && offsetBeyond(r.data.last_offset, e.offset)) behind.push([e, e.offset]);
+        if (r.ok && e.expectUntil && r.data && r.data.status !== 'running') e.expectUntil = 0;
+      }
+      if (!behind.length) return;
+      // Give in-flight frames a moment, then check nothing moved.
+      await sleep(1500);
+      if (behind.some(([e, off]) => e.offset === off && e.subscribed && !e.resyncing)) {
+        console.warn('gateway hub: the stream is silent while the log moved on; reconnecting');
+        this.stalls += 1;
+        this._closeStream();
+        this._setStatus('reconnecting');
+        this._reopen(0);
+      }
+    } catch {
+      /* the server is unreachable: the EventSource reports that itself */
+    } finally {
+      this._probing = false;
+    }
+  }
+
+  // ---- manual commit ----------------------------------------------------------
+
+  _dirty(entries = this.sessions.values()) {
+    const out = [];
+    for (const e of entries) {
+      // Only subscribed sessions: the gateway knows nothing to commit for the others.
+      if (e.subscribed && e.state && e.offset && e.offset !== e.acked && !e.resyncing
+          && parseOffset(e.offset)) out.push(e);
+    }
+    return out;
+  }
+
+  _ackTick() {
+    if (this._acking || !this.muxId) return;
+    const dirty = this._dirty();
+    if (!dirty.length) return;
+    this._acking = true;
+    this._flushAcks(dirty)
+      .catch((err) => console.warn('gateway hub: ack failed', err))
+      .finally(() => { this._acking = false; });
+  }
+
+  /** One POST /v1/mux/{id}/ack for the given entries' offsets. */
+  async _flushAcks(entries) {
+    const dirty = this._dirty(entries);
+    const muxId = this.muxId;
+    if (!dirty.length || !muxId) return;
+    const offsets = {};
+    for (const e of dirty) offsets[e.sid] = e.offset;
+    const r = await this._request('POST', `/v1/mux/${enc(muxId)}/ack`, { offsets });
+    if (r.ok) {
+      this._acked(offsets);
+    } else if (r.status === 404 && r.code === 'mux_not_found') {
+      this._renewMux(muxId);
+    } else if (r.status === 404) {
+      // session_not_subscribed: the mux does not know one of them (the whole batch is
+      // refused). Subscribe them again; the next tick acks.
+      for (const e of dirty) {
+        e.subscribed = false;
+        this._kick(e);
+      }
+    } else {
+      throw new HttpError(r);
+    }
+  }
+
+  _acked(offsets, ours = true) {
+    const moved = {};
+    for (const [sid, offset] of Object.entries(offsets)) {
+      const e = this.sessions.get(sid);
+      if (e && ours) e.acked = laterOffset(e.acked, offset);
+      const c = laterOffset(this.committed.get(sid), offset);
+      if (c !== this.committed.get(sid)) {
+        this.committed.set(sid, c);
+        moved[sid] = c;
+      }
+    }
+    if (Object.keys(moved).length) this._send('*', { t: 'read', offsets: moved });
+  }
+
+  /**
+   * What an unloading leader tab sends with navigator.sendBeacon: every offset not
+   * yet acked. Marks them acked (a beacon is fire and forget).
+   * @returns {{url: string, body: string}|null}
+   */
+  takeBeacon() {
+    const dirty = this._dirty();
+    if (!dirty.length || !this.muxId) return null;
+    const offsets = {};
+    for (const e of dirty) offsets[e.sid] = e.offset;
+    for (const e of dirty) e.acked = e.offset;
+    return { url: this._url(`/v1/mux/${enc(this.muxId)}/ack`), body: JSON.stringify({ offsets }) };
+  }
+
+  /** Stop everything (the leader tab leaves; the worker has no tab left). */
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    clearInterval(this._ackTimer);
+    clearInterval(this._watchTimer);
+    clearTimeout(this._reopenTimer);
+    this._closeStream();
+    for (const info of this.tabs.values()) if (info.lockAbort) info.lockAbort.abort();
+    for (const e of this.sessions.values()) clearTimeout(e.retryTimer);
+    this.tabs.clear();
+  }
+
+  _note(text) {
+    this._log.push(`${new Date().toISOString().slice(11, 23)} ${text}`);
+    if (this._log.length > 200) this._log.splice(0, this._log.length - 200);
+  }
+
+  /** For tests and debugging (client.describeHub()). */
+  describe() {
+    return {
+      transport: this.transport,
+      mux: this.muxId,
+      status: this.status,
+      stalls: this.stalls,
+      tabs: [...this.tabs.keys()],
+      stream: this._es ? this._es.readyState : null,
+      sessions: [...this.sessions.values()].map((e) => ({
+        sid: e.sid,
+        offset: e.offset,
+        acked: e.acked,
+        tabs: e.tabs.size,
+        subscribed: e.subscribed,
+        resyncing: e.resyncing,
+        status: e.state ? e.state.status : null,
+      })),
+      log: this._log.slice(),
+    };
+  }
+}
+
+/** Whether `a` is beyond `b` in the same log (a different epoch counts as beyond). */
+function offsetBeyond(a, b) {
+  const pa = parseOffset(a);
+  const pb = parseOffset(b);
+  if (!pa || !pb) return false;
+  return pa.epoch !== pb.epoch || pa.seq > pb.seq;
+}
+
+function parse(ev) {
+  try { return JSON.parse(ev.data); } catch { return null; }
+}
