@@ -164,6 +164,15 @@ class EventStream:
 
     async def _frames(self, sub: Subscriber, channel: str) -> AsyncGenerator[bytes, None]:
         await self.hub.subscribe(channel, sub)
+        # A newer attach may have announced itself before this stream listened: it stored
+        # its token first, so checking after subscribing closes that window.
+        c = self.consumer
+        if (
+            c is not None
+            and not self.mux
+            and await self.streams.connection_token(self.sid, c.connection_id) != c.token
+        ):
+            sub.kick()
         if not self.mux:
             yield f"retry: {self.settings.sse_retry_ms}\n\n".encode()
         if self.pending_reset:

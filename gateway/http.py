@@ -554,6 +554,7 @@ async def mux_events(request: Request[Any, Any, Any], mux_id: FromPath[str]) -> 
     await _mux(rt, mux_id)
     token = secrets.token_hex(8)
     channel = rt.streams.mux_channel(mux_id)
+    await rt.streams.set_mux_token(mux_id, token)  # before announcing: see MuxStream.frames
     await rt.streams.notify_mux(mux_id, f"K\t{mux_id}\t{token}")
     await rt.hub.evict(channel, mux_id, token)
     rt.metrics.attaches.inc()

@@ -17,6 +17,8 @@ import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 
+import anyio
+
 from gateway import offsets
 from gateway.connections import Consumer, EventStream, OffsetAhead, Start, resolve
 from gateway.hub import Hub, Subscriber
@@ -103,10 +105,14 @@ class MuxStream:
     ) -> None:
         self.streams, self.hub, self.settings, self.metrics = streams, hub, settings, metrics
         self.mux_id, self.token = mux_id, token
-        self.out: asyncio.Queue[bytes] = asyncio.Queue(OUT_QUEUE)
+        # (session, producing pump, frame): frames of a replaced pump are dropped.
+        self.out: asyncio.Queue[tuple[str, asyncio.Task[None] | None, bytes]] = asyncio.Queue(
+            OUT_QUEUE
+        )
         self.control: list[str] = []
         self.activity: list[str] = []
         self.pumps: dict[str, asyncio.Task[None]] = {}
+        self.stopping: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
 
     def _on_control(self, raw: str) -> None:
@@ -128,6 +134,9 @@ class MuxStream:
             # Wake the merge loop on take-over too, not only on control frames.
             ctl.wakeup = act.wakeup = self.wake
             await self.hub.subscribe(ctl_channel, ctl)
+            # A newer attach may have announced itself before this stream listened.
+            if await self.streams.mux_token(self.mux_id) != self.token:
+                ctl.kick()
             await self.hub.subscribe(self.streams.activity_channel, act)
             cursor = ActivityCursor(await self.streams.last_activity_id())
             yield f"retry: {self.settings.sse_retry_ms}\n\n".encode()
@@ -146,7 +155,9 @@ class MuxStream:
                 for raw in control:
                     chunks.extend(await self._apply(raw))
                 while not self.out.empty():
-                    chunks.append(self.out.get_nowait())
+                    sid, pump, frame = self.out.get_nowait()
+                    if self.pumps.get(sid) is pump:
+                        chunks.append(frame)
                 if chunks:
                     yield b"".join(chunks)
                     continue
@@ -158,14 +169,25 @@ class MuxStream:
                     await self.streams.get_mux(self.mux_id, self.settings.connection_ttl)
                     yield b": hb\n\n"
         finally:
-            for task in self.pumps.values():
-                task.cancel()
-            for task in self.pumps.values():
-                with contextlib.suppress(BaseException):
-                    await task
             self.hub.unsubscribe(ctl_channel, ctl)
             self.hub.unsubscribe(self.streams.activity_channel, act)
             gauge.dec()
+            # The response is being cancelled (client gone): shield the bounded teardown.
+            with anyio.CancelScope(shield=True):
+                await self._stop_all()
+
+    async def _stop_all(self) -> None:
+        """Cancel every pump, draining the queue so none stays blocked on a full one."""
+        tasks = [*self.pumps.values(), *self.stopping]
+        self.pumps.clear()
+        for task in tasks:
+            task.cancel()
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while tasks and asyncio.get_running_loop().time() < deadline:
+            while not self.out.empty():
+                self.out.get_nowait()
+            _, pending = await asyncio.wait(tasks, timeout=0.05)
+            tasks = list(pending)
 
     async def _apply(self, raw: str) -> list[bytes]:
         kind, _, sid = raw.partition("\t")
@@ -178,11 +200,14 @@ class MuxStream:
         return []
 
     async def _stop(self, sid: str) -> None:
+        # Never await the pump here: it may be blocked on the full queue that only this
+        # loop drains. Its frames are dropped from now on, and it stops at its next put
+        # even if the cancellation is lost (asyncio.wait_for can swallow one in 3.11).
         task = self.pumps.pop(sid, None)
         if task is not None:
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            self.stopping.add(task)
+            task.add_done_callback(self.stopping.discard)
 
     async def _start(self, sid: str) -> None:
         """(Re)start delivering ``sid`` from its connection's stored offset."""
@@ -191,7 +216,7 @@ class MuxStream:
 
     async def _pump(self, sid: str) -> None:
         """Deliver ``sid`` until cancelled; a stream ended by a Redis error starts again."""
-        while True:
+        while self.pumps.get(sid) is asyncio.current_task():
             try:
                 if not await self._deliver(sid):
                     return
@@ -234,7 +259,9 @@ class MuxStream:
             "session_id": sid,
             "offset": offsets.format_offset(start.epoch, start.after_seq),
         }
-        await self.out.put(f"event: subscribed\ndata: {json.dumps(subscribed)}\n\n".encode())
+        me = asyncio.current_task()
+        frame = f"event: subscribed\ndata: {json.dumps(subscribed)}\n\n".encode()
+        await self.out.put((sid, me, frame))
         self.wake.set()
         stream = EventStream(
             streams=self.streams,
@@ -247,7 +274,9 @@ class MuxStream:
             mux=True,
         )
         async with contextlib.aclosing(stream.frames()) as frames:
-            async for frame in frames:
-                await self.out.put(frame)
+            async for chunk in frames:
+                await self.out.put((sid, me, chunk))
                 self.wake.set()
+                if self.pumps.get(sid) is not me:
+                    return False  # replaced or stopped
         return True

@@ -1,7 +1,7 @@
 """Snapshot: a session's state folded from its events, so a new viewer renders at once.
 
 The state shape (documented in docs/api.md) is the same one the browser client folds in
-``frontend/gateway-client.js``; the two folds must agree. A snapshot is stored with its
+``frontend/gateway-fold.js``; the two folds must agree. A snapshot is stored with its
 offset and extended from there on the next request, so its cost follows new events only.
 """
 

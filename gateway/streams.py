@@ -395,6 +395,10 @@ class Streams:
         )
         return cast(str | None, res) if res else None
 
+    async def connection_token(self, sid: str, cid: str) -> str | None:
+        """The token of the consumer's latest attachment (None once it is gone)."""
+        return await _a(self.redis.hget(self._k(sid, f"conn:{cid}"), "token"))
+
     async def touch_connection(self, sid: str, cid: str, ttl_s: float) -> None:
         """Refresh the consumer's TTL while its stream is attached."""
         await _a(self.redis.pexpire(self._k(sid, f"conn:{cid}"), int(ttl_s * 1000)))
@@ -449,6 +453,14 @@ class Streams:
             pipe.hset(key, mapping={f"c:{sid}": cid, f"a:{sid}": "1" if subscribed else "0"})
             pipe.pexpire(key, int(ttl_s * 1000))
             await pipe.execute()
+
+    async def set_mux_token(self, mux_id: str, token: str) -> None:
+        """Record the mux's latest attachment (checked by streams that start after it)."""
+        await _a(self.redis.hset(self._mux_key(mux_id), "token", token))
+
+    async def mux_token(self, mux_id: str) -> str | None:
+        """The token of the mux's latest attachment."""
+        return await _a(self.redis.hget(self._mux_key(mux_id), "token"))
 
     async def notify_mux(self, mux_id: str, frame: str) -> None:
         """Send a control frame (``S\t<sid>``, ``D\t<sid>``, ``K\t<mux>\t<token>``)."""

@@ -3,8 +3,11 @@ replicas: many sessions on one stream, subscription changes, exact per-session r
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from gateway.publisher import EventIn
 from tests.support import seqs, sse
 
 pytestmark = pytest.mark.asyncio
@@ -65,7 +68,10 @@ async def test_one_stream_carries_many_sessions_and_activity(gateways, publisher
         assert got[s_id] == [f"{s_id}:{i}" for i in range(5)]
     assert activity[0]["status"] == "running"
     assert activity[0]["last_offset"].endswith("_000000000001")
-    assert a.metric("gateway_open_streams", kind="mux") == 0
+    deadline = asyncio.get_running_loop().time() + 5
+    while a.metric("gateway_open_streams", kind="mux") != 0:
+        assert asyncio.get_running_loop().time() < deadline, "mux stream not released"
+        await asyncio.sleep(0.05)
 
 
 async def test_unsubscribe_and_resubscribe(gateways, publisher, client, sid):
@@ -155,3 +161,41 @@ async def test_second_attach_supersedes_and_errors(gateways, client, sid):
     assert r.status_code == 400 and r.json()["code"] == "invalid_offset"
     r = await client.put(f"{a.url}/v1/mux/{mux}/sessions/{sid}", json={"from": "nope"})
     assert r.status_code == 400 and r.json()["code"] == "invalid_offset"
+
+
+async def test_resubscribing_while_streaming_never_stalls_the_stream(
+    gateways, publisher, client, sid
+):
+    """Re-PUT a subscribed session over and over while a burst streams (a reload, a client
+    re-syncing): each PUT restarts delivery at its offset; the one stream must keep flowing
+    to the end of the log, never block behind a replaced session stream."""
+    a, _ = gateways
+    mux = await new_mux(client, a.url)
+    url = f"{a.url}/v1/mux/{mux}/sessions/{sid}"
+    last = ""
+    async with sse(client, f"{a.url}/v1/mux/{mux}/events") as s:
+        await client.put(url, json={"from": "live"})
+
+        async def burst() -> None:
+            for i in range(40):
+                await publisher.publish_batch(
+                    sid, [EventIn("message.delta", {"text": "x" * 200}, "r1") for _ in range(50)]
+                )
+                await asyncio.sleep(0.01 * (i % 3))
+
+        producer = asyncio.create_task(burst())
+        for _ in range(30):
+            try:
+                f = await nxt(s, timeout=5)
+            except TimeoutError:
+                break
+            if f.event == "message":
+                last = max(last, f.id)
+            if last:
+                await client.put(url, json={"from": last})
+        await producer
+        head = (await client.get(f"{a.url}/v1/sessions/{sid}")).json()["last_offset"]
+        while last != head:
+            f = await nxt(s, timeout=5)  # a stalled stream times out here
+            if f.event == "message":  # a restart may resend what a client de-duplicates
+                last = max(last, f.id)
