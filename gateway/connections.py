@@ -11,7 +11,6 @@ never leaves a hole. Offsets from another epoch or older than retention get an e
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -23,7 +22,7 @@ import anyio
 from redis.exceptions import RedisError
 
 from gateway import offsets
-from gateway.hub import Hub, Subscriber
+from gateway.hub import Hub, Subscriber, wait_event
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.streams import SessionMeta, StoredEvent, Streams, envelope_json
@@ -120,6 +119,14 @@ class EventStream:
         self.kind = "mux-session" if mux else "connection" if consumer else "plain"
         self._committed = self.last
         self._last_commit = time.monotonic()
+        self._sub: Subscriber | None = None
+        self._stopped = False
+
+    def stop(self) -> None:
+        """End the stream at its next step, whether or not its task is cancelled."""
+        self._stopped = True
+        if self._sub is not None:
+            self._sub.kick()
 
     def _frame(self, ev: StoredEvent) -> str:
         env = envelope_json(self.sid_json, self.epoch, ev)
@@ -145,6 +152,9 @@ class EventStream:
             self.consumer.token if self.consumer else "",
         )
         sub.epoch = self.epoch
+        self._sub = sub
+        if self._stopped:
+            sub.kick()
         channel = self.streams.live_channel(self.sid)
         gauge = self.metrics.open_streams.labels(self.kind)
         gauge.inc()
@@ -180,7 +190,8 @@ class EventStream:
         need_catchup = True
         while True:
             if sub.kicked:
-                yield b'event: close\ndata: {"reason":"superseded"}\n\n'
+                if not self.mux:  # a mux session just stops; the mux reports its own close
+                    yield b'event: close\ndata: {"reason":"superseded"}\n\n'
                 return
             if need_catchup or sub.overflowed:
                 sub.overflowed = False
@@ -216,9 +227,7 @@ class EventStream:
                 if uncommitted
                 else self.settings.heartbeat_interval
             )
-            try:
-                await asyncio.wait_for(sub.wakeup.wait(), timeout)
-            except TimeoutError:
+            if not await wait_event(sub.wakeup, timeout):
                 if uncommitted:
                     await self._auto_commit(final=True)
                     continue

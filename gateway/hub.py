@@ -27,6 +27,21 @@ log = logging.getLogger(__name__)
 SUBSCRIBE_TIMEOUT = 5.0
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``event`` up to ``timeout`` seconds; True if it was set.
+
+    Uses ``asyncio.timeout`` rather than ``asyncio.wait_for``: on Python 3.11, ``wait_for``
+    can swallow a cancellation that races with the event being set, which would leave a
+    cancelled stream running.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 class Subscriber:
     """One local viewer's live inbox for one channel.
 
@@ -157,9 +172,7 @@ class Hub:
         await self._wait(channel, confirmed)
 
     async def _wait(self, channel: str, confirmed: asyncio.Event) -> None:
-        try:
-            await asyncio.wait_for(confirmed.wait(), SUBSCRIBE_TIMEOUT)
-        except TimeoutError:
+        if not await wait_event(confirmed, SUBSCRIBE_TIMEOUT):
             log.warning("hub: no confirmation for %s after %ss", channel, SUBSCRIBE_TIMEOUT)
 
     async def evict(
@@ -179,7 +192,9 @@ class Hub:
             sub.kick()
         if old:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in old)), timeout)
+                async with asyncio.timeout(timeout):
+                    for sub in old:
+                        await sub.done.wait()
 
     def unsubscribe(self, channel: str, sub: Subscriber) -> None:
         """Deregister ``sub``; the channel is unsubscribed when its last viewer leaves."""
@@ -213,8 +228,7 @@ class Hub:
         while not self._closing:
             if not self._pubsub.subscribed:
                 self._active.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._active.wait(), 1.0)
+                await wait_event(self._active, 1.0)
                 continue
             try:
                 msg = await self._pubsub.get_message(timeout=1.0)

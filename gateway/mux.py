@@ -21,7 +21,7 @@ import anyio
 
 from gateway import offsets
 from gateway.connections import Consumer, EventStream, OffsetAhead, Start, resolve
-from gateway.hub import Hub, Subscriber
+from gateway.hub import Hub, Subscriber, wait_event
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.streams import Streams
@@ -78,9 +78,7 @@ async def activity_frames(
             sub.wakeup.clear()
             if inbox:
                 continue
-            try:
-                await asyncio.wait_for(sub.wakeup.wait(), settings.heartbeat_interval)
-            except TimeoutError:
+            if not await wait_event(sub.wakeup, settings.heartbeat_interval):
                 yield b": hb\n\n"
     finally:
         hub.unsubscribe(streams.activity_channel, sub)
@@ -113,6 +111,7 @@ class MuxStream:
         self.activity: list[str] = []
         self.pumps: dict[str, asyncio.Task[None]] = {}
         self.stopping: set[asyncio.Task[None]] = set()
+        self.active: dict[str, EventStream] = {}  # the current session stream of each pump
         self.wake = asyncio.Event()
 
     def _on_control(self, raw: str) -> None:
@@ -161,10 +160,8 @@ class MuxStream:
                 if chunks:
                     yield b"".join(chunks)
                     continue
-                try:
-                    # Every producer sets the wake event after queueing, so it is enough.
-                    await asyncio.wait_for(self.wake.wait(), self.settings.heartbeat_interval)
-                except TimeoutError:
+                # Every producer sets the wake event after queueing, so it is enough.
+                if not await wait_event(self.wake, self.settings.heartbeat_interval):
                     self.metrics.heartbeats.inc()
                     await self.streams.get_mux(self.mux_id, self.settings.connection_ttl)
                     yield b": hb\n\n"
@@ -180,6 +177,9 @@ class MuxStream:
         """Cancel every pump, draining the queue so none stays blocked on a full one."""
         tasks = [*self.pumps.values(), *self.stopping]
         self.pumps.clear()
+        for stream in self.active.values():
+            stream.stop()
+        self.active.clear()
         for task in tasks:
             task.cancel()
         deadline = asyncio.get_running_loop().time() + 2.0
@@ -201,9 +201,12 @@ class MuxStream:
 
     async def _stop(self, sid: str) -> None:
         # Never await the pump here: it may be blocked on the full queue that only this
-        # loop drains. Its frames are dropped from now on, and it stops at its next put
-        # even if the cancellation is lost (asyncio.wait_for can swallow one in 3.11).
+        # loop drains. Its frames are dropped from now on, and its session stream is told to
+        # stop as well as cancelled, so it ends even if a cancellation is lost.
         task = self.pumps.pop(sid, None)
+        stream = self.active.pop(sid, None)
+        if stream is not None:
+            stream.stop()
         if task is not None:
             task.cancel()
             self.stopping.add(task)
@@ -273,6 +276,9 @@ class MuxStream:
             consumer=Consumer(cid, "manual", self.token),
             mux=True,
         )
+        if self.pumps.get(sid) is not me:
+            return False  # replaced while starting
+        self.active[sid] = stream
         async with contextlib.aclosing(stream.frames()) as frames:
             async for chunk in frames:
                 await self.out.put((sid, me, chunk))
