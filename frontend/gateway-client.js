@@ -10,7 +10,7 @@
 // time, so the pure fold (applyEvent) can be imported and tested in Node.
 
 import { applyEvent, laterOffset, normalizeState, offsetAfter, parseOffset } from './gateway-fold.js';
-import { GatewayHub } from './gateway-hub.js';
+import { GatewayHub, readResponse } from './gateway-hub.js';
 
 export {
   EVENT_TYPES, applyEvent, emptyState, laterOffset, offsetAfter, parseOffset,
@@ -635,19 +635,7 @@ export class GatewayClient {
       init.headers['Content-Type'] = 'application/json';
       init.body = JSON.stringify(body);
     }
-    const res = await this._fetch(this._url(path), init);
-    let data = null;
-    const text = res.status === 204 ? '' : await res.text();
-    if (text) {
-      try { data = JSON.parse(text); } catch { data = null; }
-    }
-    return {
-      ok: res.ok,
-      status: res.status,
-      data,
-      code: res.ok ? null : (data && data.code) || `http_${res.status}`,
-      message: (data && data.message) || '',
-    };
+    return readResponse(await this._fetch(this._url(path), init));
   }
 
   async _call(method, path, body) {

@@ -38,6 +38,26 @@ import { applyEvent, laterOffset, normalizeState, parseOffset } from './gateway-
 
 export const HUB_PROTOCOL = 1;
 
+/**
+ * Read a gateway response: `{ok, status, data, code, message}`. Error bodies are
+ * `{"code", "message"}` (docs/api.md); a non-JSON body leaves `data` null.
+ * @param {Response} res
+ */
+export async function readResponse(res) {
+  let data = null;
+  const text = res.status === 204 ? '' : await res.text();
+  if (text) {
+    try { data = JSON.parse(text); } catch { data = null; }
+  }
+  return {
+    ok: res.ok,
+    status: res.status,
+    data,
+    code: res.ok ? null : (data && data.code) || `http_${res.status}`,
+    message: (data && data.message) || '',
+  };
+}
+
 const ES_CONNECTING = 0;
 const ES_CLOSED = 2;
 const enc = encodeURIComponent;
@@ -324,18 +344,7 @@ export class GatewayHub {
       throw err;
     }
     if (method !== 'GET' || !res.ok) this._note(`${method} ${path} ${res.status}`);
-    let data = null;
-    const text = res.status === 204 ? '' : await res.text();
-    if (text) {
-      try { data = JSON.parse(text); } catch { data = null; }
-    }
-    return {
-      ok: res.ok,
-      status: res.status,
-      data,
-      code: res.ok ? null : (data && data.code) || `http_${res.status}`,
-      message: (data && data.message) || '',
-    };
+    return readResponse(res);
   }
 
   // ---- mux lifecycle ----------------------------------------------------------

@@ -76,6 +76,16 @@ def _check(meta: SessionMeta, after: int) -> Start:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamDeps:
+    """What every SSE stream of a process shares: Redis layer, hub, settings and metrics."""
+
+    streams: Streams
+    hub: Hub
+    settings: Settings
+    metrics: Metrics
+
+
+@dataclass(frozen=True, slots=True)
 class Consumer:
     """The stored connection a stream serves: id, commit mode and this attach's token."""
 
@@ -95,20 +105,15 @@ class EventStream:
 
     def __init__(
         self,
+        deps: StreamDeps,
         *,
-        streams: Streams,
-        hub: Hub,
-        settings: Settings,
-        metrics: Metrics,
         session_id: str,
         start: Start,
         consumer: Consumer | None = None,
         mux: bool = False,
     ) -> None:
-        self.streams = streams
-        self.hub = hub
-        self.settings = settings
-        self.metrics = metrics
+        self.streams, self.hub = deps.streams, deps.hub
+        self.settings, self.metrics = deps.settings, deps.metrics
         self.sid = session_id
         self.sid_json = json.dumps(session_id)
         self.epoch = start.epoch

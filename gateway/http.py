@@ -28,7 +28,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from gateway import events, offsets, snapshot
-from gateway.connections import Consumer, EventStream, OffsetAhead, Start, resolve
+from gateway.connections import (
+    Consumer,
+    EventStream,
+    OffsetAhead,
+    Start,
+    StreamDeps,
+    resolve,
+)
 from gateway.hub import Hub
 from gateway.leases import reap_forever
 from gateway.metrics import Metrics
@@ -67,6 +74,11 @@ class Runtime:
     hub: Hub
     metrics: Metrics
     background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def deps(self) -> StreamDeps:
+        """What the SSE streams of this process share."""
+        return StreamDeps(self.streams, self.hub, self.settings, self.metrics)
 
 
 def _rt(request: Request[Any, Any, Any]) -> Runtime:
@@ -131,15 +143,7 @@ def _sse(frames: AsyncIterator[bytes]) -> Stream:
 
 
 def _sse_stream(rt: Runtime, sid: str, start: Start, consumer: Consumer | None = None) -> Stream:
-    stream = EventStream(
-        streams=rt.streams,
-        hub=rt.hub,
-        settings=rt.settings,
-        metrics=rt.metrics,
-        session_id=sid,
-        start=start,
-        consumer=consumer,
-    )
+    stream = EventStream(rt.deps, session_id=sid, start=start, consumer=consumer)
     return _sse(stream.frames())
 
 
@@ -440,7 +444,7 @@ async def activity(request: Request[Any, Any, Any]) -> Stream:
     """SSE feed of session status changes; ``Last-Event-ID`` resumes."""
     rt = _rt(request)
     after = _last_event_id(request) or await rt.streams.last_activity_id()
-    return _sse(activity_frames(rt.streams, rt.hub, rt.settings, rt.metrics, after))
+    return _sse(activity_frames(rt.deps, after))
 
 
 async def _mux(rt: Runtime, mux_id: str) -> dict[str, tuple[str, bool]]:
@@ -558,14 +562,7 @@ async def mux_events(request: Request[Any, Any, Any], mux_id: FromPath[str]) -> 
     await rt.streams.notify_mux(mux_id, f"K\t{mux_id}\t{token}")
     await rt.hub.evict(channel, mux_id, token)
     rt.metrics.attaches.inc()
-    stream = MuxStream(
-        streams=rt.streams,
-        hub=rt.hub,
-        settings=rt.settings,
-        metrics=rt.metrics,
-        mux_id=mux_id,
-        token=token,
-    )
+    stream = MuxStream(rt.deps, mux_id=mux_id, token=token)
     return _sse(stream.frames())
 
 

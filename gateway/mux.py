@@ -20,11 +20,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import anyio
 
 from gateway import offsets
-from gateway.connections import Consumer, EventStream, OffsetAhead, Start, resolve
-from gateway.hub import Hub, Subscriber, wait_event
-from gateway.metrics import Metrics
-from gateway.settings import Settings
-from gateway.streams import Streams
+from gateway.connections import Consumer, EventStream, OffsetAhead, Start, StreamDeps, resolve
+from gateway.hub import Subscriber, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +54,9 @@ class ActivityCursor:
         return out
 
 
-async def activity_frames(
-    streams: Streams, hub: Hub, settings: Settings, metrics: Metrics, after: str
-) -> AsyncIterator[bytes]:
+async def activity_frames(deps: StreamDeps, after: str) -> AsyncIterator[bytes]:
     """The activity feed as SSE, after stream id ``after`` (``GET /v1/activity``)."""
+    streams, hub, settings, metrics = deps.streams, deps.hub, deps.settings, deps.metrics
     inbox: list[str] = []
     sub = Subscriber(settings.queue_size, on_raw=inbox.append)
     cursor = ActivityCursor(after)
@@ -91,17 +87,10 @@ class MuxStream:
     ``token`` identifies this attachment: a newer attachment of the same mux ends this one.
     """
 
-    def __init__(
-        self,
-        *,
-        streams: Streams,
-        hub: Hub,
-        settings: Settings,
-        metrics: Metrics,
-        mux_id: str,
-        token: str,
-    ) -> None:
-        self.streams, self.hub, self.settings, self.metrics = streams, hub, settings, metrics
+    def __init__(self, deps: StreamDeps, *, mux_id: str, token: str) -> None:
+        self.deps = deps
+        self.streams, self.hub = deps.streams, deps.hub
+        self.settings, self.metrics = deps.settings, deps.metrics
         self.mux_id, self.token = mux_id, token
         # (session, producing pump, frame): frames of a replaced pump are dropped.
         self.out: asyncio.Queue[tuple[str, asyncio.Task[None] | None, bytes]] = asyncio.Queue(
@@ -267,10 +256,7 @@ class MuxStream:
         await self.out.put((sid, me, frame))
         self.wake.set()
         stream = EventStream(
-            streams=self.streams,
-            hub=self.hub,
-            settings=self.settings,
-            metrics=self.metrics,
+            self.deps,
             session_id=sid,
             start=start,
             consumer=Consumer(cid, "manual", self.token),
