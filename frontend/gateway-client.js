@@ -10,7 +10,7 @@
 // time, so the pure fold (applyEvent) can be imported and tested in Node.
 
 import { applyEvent, laterOffset, normalizeState, offsetAfter, parseOffset } from './gateway-fold.js';
-import { GatewayHub, readResponse } from './gateway-hub.js';
+import { GatewayHub, readResponse, requestInit } from './gateway-hub.js';
 
 export {
   EVENT_TYPES, applyEvent, emptyState, laterOffset, offsetAfter, parseOffset,
@@ -630,12 +630,7 @@ export class GatewayClient {
   }
 
   async _request(method, path, body) {
-    const init = { method, headers: { Accept: 'application/json' } };
-    if (body !== undefined) {
-      init.headers['Content-Type'] = 'application/json';
-      init.body = JSON.stringify(body);
-    }
-    return readResponse(await this._fetch(this._url(path), init));
+    return readResponse(await this._fetch(this._url(path), requestInit(method, body)));
   }
 
   async _call(method, path, body) {

@@ -39,6 +39,20 @@ import { applyEvent, laterOffset, normalizeState, parseOffset } from './gateway-
 export const HUB_PROTOCOL = 1;
 
 /**
+ * fetch() options for a JSON request to the gateway (`body` undefined: no body).
+ * @param {string} method
+ * @param {unknown} [body]
+ */
+export function requestInit(method, body) {
+  const init = { method, headers: { Accept: 'application/json' } };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  return init;
+}
+
+/**
  * Read a gateway response: `{ok, status, data, code, message}`. Error bodies are
  * `{"code", "message"}` (docs/api.md); a non-JSON body leaves `data` null.
  * @param {Response} res
@@ -331,11 +345,7 @@ export class GatewayHub {
   }
 
   async _request(method, path, body) {
-    const init = { method, headers: { Accept: 'application/json' } };
-    if (body !== undefined) {
-      init.headers['Content-Type'] = 'application/json';
-      init.body = JSON.stringify(body);
-    }
+    const init = requestInit(method, body);
     let res;
     try {
       res = await this._fetch(this._url(path), init);
