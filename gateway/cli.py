@@ -104,7 +104,6 @@ def worker(
 ) -> None:
     """Run the demo agent worker alone against REDIS_URL."""
     from gateway.publisher import Publisher
-    from gateway.redaction import Redactor
     from gateway.redisconn import connect
     from gateway.streams import Streams
     from gateway.worker import DemoWorker
@@ -121,10 +120,7 @@ def worker(
     async def main() -> None:
         redis = connect(settings, role="worker")
         streams = Streams(redis, settings.key_prefix)
-        publisher = Publisher(
-            streams, settings.retention_maxlen, Redactor(settings.redact_patterns)
-        )
-        w = DemoWorker(streams, publisher, settings)
+        w = DemoWorker(streams, Publisher.from_settings(streams, settings), settings)
         typer.echo(f"worker {w.name} consuming commands from {settings.redis_url}")
         try:
             await w.run_forever()

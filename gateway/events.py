@@ -15,6 +15,9 @@ TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 
 TERMINAL = frozenset({"run.completed", "run.failed", "run.cancelled"})
 
+MAX_EVENT_BYTES = 1_048_576  # default limit on one event's encoded data
+MAX_DEPTH = 32  # default limit on the nesting of an event's data
+
 # Required data fields and their JSON types for the known event types.
 _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "run.started": {"input": str},
@@ -52,14 +55,38 @@ def valid_id(value: object) -> bool:
     return isinstance(value, str) and ID_RE.match(value) is not None
 
 
-def encode(type_: str, data: dict[str, Any] | None, run_id: str | None) -> tuple[str, ...]:
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON-like value, stopping early once past ``limit``."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def encode(
+    type_: str,
+    data: dict[str, Any] | None,
+    run_id: str | None,
+    *,
+    max_bytes: int = MAX_EVENT_BYTES,
+    max_depth: int = MAX_DEPTH,
+) -> tuple[str, ...]:
     """Validate one event and encode it for the publish script.
 
     Returns ``(type, run_id or "", data JSON, aux1, aux2)``; aux fields carry what the
     script needs without parsing JSON (approval id and decision, session title).
 
     Raises:
-        InvalidEvent: unknown shape, bad type name, bad id, or missing/ill-typed data field.
+        InvalidEvent: unknown shape, bad type name, bad id, missing/ill-typed data field,
+            data nested deeper than ``max_depth`` (``too_deep``) or encoded larger than
+            ``max_bytes`` bytes (``event_too_large``).
     """
     if not isinstance(type_, str) or not TYPE_RE.match(type_):
         raise InvalidEvent("invalid_event_type", f"event type {type_!r} is not namespaced")
@@ -67,6 +94,8 @@ def encode(type_: str, data: dict[str, Any] | None, run_id: str | None) -> tuple
         data = {}
     if not isinstance(data, dict):
         raise InvalidEvent("invalid_event_data", "event data must be a JSON object")
+    if _depth(data, max_depth) > max_depth:
+        raise InvalidEvent("too_deep", f"event data is nested deeper than {max_depth} levels")
     if run_id is not None and not valid_id(run_id):
         raise InvalidEvent("invalid_id", f"run_id {run_id!r} is not a valid id")
     if type_ in _RUN_SCOPED and not run_id:
@@ -93,6 +122,11 @@ def encode(type_: str, data: dict[str, Any] | None, run_id: str | None) -> tuple
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError as exc:
         raise InvalidEvent("invalid_event_data", f"data is not JSON-encodable: {exc}") from exc
+    size = len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise InvalidEvent(
+            "event_too_large", f"event data is {size} bytes; the limit is {max_bytes}"
+        )
     return (type_, run_id or "", text, aux1, aux2)
 
 

@@ -41,7 +41,6 @@ from gateway.leases import reap_forever
 from gateway.metrics import Metrics
 from gateway.mux import MuxStream, activity_frames
 from gateway.publisher import EventIn, Publisher, new_run_id
-from gateway.redaction import Redactor
 from gateway.redisconn import connect
 from gateway.settings import Settings
 from gateway.streams import PublishRejected, SessionMeta, Streams
@@ -99,6 +98,8 @@ async def _json_body(request: Request[Any, Any, Any], *, optional: bool = False)
         raise ApiError(400, "invalid_json", "request body is empty")
     try:
         return json.loads(raw)
+    except RecursionError as exc:
+        raise ApiError(400, "too_deep", "request body is nested too deeply") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from exc
 
@@ -365,7 +366,7 @@ async def publish_events(
     try:
         offs = await rt.publisher.publish_batch(sid, batch)
     except events.InvalidEvent as exc:
-        raise ApiError(400, exc.code, str(exc)) from exc
+        raise ApiError(413 if exc.code == "event_too_large" else 400, exc.code, str(exc)) from exc
     except PublishRejected as exc:
         raise ApiError(409, exc.code, f"publish rejected: {exc.code}") from exc
     rt.metrics.events_published.inc(len(offs))
@@ -636,10 +637,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         m = Metrics()
         hub = Hub(redis, m)
         await hub.start()
-        publisher = Publisher(
-            streams, settings.retention_maxlen, Redactor(settings.redact_patterns)
-        )
-        rt = Runtime(settings, streams, publisher, hub, m)
+        rt = Runtime(settings, streams, Publisher.from_settings(streams, settings), hub, m)
         rt.background.append(
             asyncio.create_task(
                 reap_forever(streams, rt.publisher, settings.run_lease_ttl / 3), name="reaper"

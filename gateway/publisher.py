@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway import events
 from gateway.redaction import Redactor
+from gateway.settings import Settings
 from gateway.streams import PublishResult, Streams
 
 EventSpec = Mapping[str, Any]
@@ -39,6 +40,8 @@ class Publisher:
         retention_maxlen: events kept per session (approximate trim, in entries).
         redactor: masks secrets in every event's data before it is stored (default: the
             built-in patterns of :mod:`gateway.redaction`).
+        max_event_bytes, max_depth: limits on one event's encoded data (bytes) and its
+            nesting; larger or deeper events are refused before anything is stored.
 
     Every method raises :class:`gateway.events.InvalidEvent` for malformed input, before
     anything is stored, and :class:`gateway.streams.PublishRejected` when the log refuses
@@ -46,12 +49,30 @@ class Publisher:
     """
 
     def __init__(
-        self, streams: Streams, retention_maxlen: int = 20_000, redactor: Redactor | None = None
+        self,
+        streams: Streams,
+        retention_maxlen: int = 20_000,
+        redactor: Redactor | None = None,
+        *,
+        max_event_bytes: int = events.MAX_EVENT_BYTES,
+        max_depth: int = events.MAX_DEPTH,
     ) -> None:
         self.streams = streams
         self.retention_maxlen = retention_maxlen
         self.redactor = redactor or Redactor()
+        self.limits = {"max_bytes": max_event_bytes, "max_depth": max_depth}
         self._indexed: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, streams: Streams, settings: Settings) -> Publisher:
+        """A publisher with the retention, redaction patterns and limits of ``settings``."""
+        return cls(
+            streams,
+            settings.retention_maxlen,
+            Redactor(settings.redact_patterns),
+            max_event_bytes=settings.max_event_bytes,
+            max_depth=settings.max_event_depth,
+        )
 
     async def publish(
         self,
@@ -83,7 +104,12 @@ class Publisher:
         if not batch:
             return []
         encoded = [
-            events.encode(e.type, self.redactor.value(e.data) if e.data else e.data, e.run_id)
+            events.encode(
+                e.type,
+                self.redactor.value(e.data) if e.data else e.data,
+                e.run_id,
+                **self.limits,
+            )
             for e in batch
         ]
         result = await self.streams.publish(

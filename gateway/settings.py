@@ -42,6 +42,10 @@ class Settings(BaseSettings):
         default=40.0, gt=0, description="Demo worker answer pace, in tokens per second."
     )
     worker_name: str | None = None
+    max_event_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest accepted event data, in bytes (413)."
+    )
+    max_event_depth: int = Field(default=32, ge=2, description="Deepest accepted data nesting.")
     redact_patterns: list[str] = Field(
         default_factory=list,
         description="Extra regular expressions to redact from event data (JSON list in env).",

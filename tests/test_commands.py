@@ -153,6 +153,9 @@ async def test_crashed_workers_pending_command_is_reclaimed(redis_server, client
 
 async def test_http_publish_contract(gw, client, sid):
     url = f"{gw.url}/v1/sessions/{sid}/events"
+    deep: object = "leaf"
+    for _ in range(40):
+        deep = [deep]
     one = await client.post(
         url, json={"type": "run.started", "run_id": "r1", "data": {"input": "hi"}}
     )
@@ -190,12 +193,21 @@ async def test_http_publish_contract(gw, client, sid):
             409,
             "approval_not_found",
         ),
+        (
+            {"type": "message.delta", "run_id": "r1", "data": {"text": "x" * (1024 * 1024 + 1)}},
+            413,
+            "event_too_large",
+        ),
+        ({"type": "vendor.deep", "run_id": "r1", "data": {"a": deep}}, 400, "too_deep"),
     ]
     for body, status, code in cases:
         r = await client.post(url, json=body)
         assert (r.status_code, r.json()["code"]) == (status, code), (body, r.text)
     r = await client.post(url, content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["code"] == "invalid_json"
+    # A body nested far beyond what the JSON parser recurses into: a 400, never a 500.
+    r = await client.post(url, content=b"[" * 100_000 + b"]" * 100_000)
+    assert r.status_code == 400 and r.json()["code"] == "too_deep"
     # A rejected batch stores nothing: the log still ends at 4.
     meta = (await client.get(f"{gw.url}/v1/sessions/{sid}")).json()
     assert meta["last_offset"] == offs[-1]
