@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from typing import Annotated
 
@@ -88,7 +89,8 @@ def serve(
         port=port,
         workers=workers,
         log_level=log_level,
-        timeout_graceful_shutdown=3,
+        # The drain closes streams within drain_spread; this bounds the wait for stragglers.
+        timeout_graceful_shutdown=math.ceil(Settings().drain_timeout),
     )
 
 

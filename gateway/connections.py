@@ -47,6 +47,13 @@ class Start:
     reset: str | None = None
 
 
+def drain_frame(settings: Settings) -> bytes:
+    """The last frame of a stream closed by a drain: reconnect soon, to another replica."""
+    return (
+        f'retry: {settings.drain_retry_ms}\nevent: close\ndata: {{"reason":"draining"}}\n\n'
+    ).encode()
+
+
 def resolve(meta: SessionMeta, cursor: str) -> Start:
     """Turn a cursor (``start``, ``run``, ``live`` or an offset) into a :class:`Start`.
 
@@ -198,6 +205,11 @@ class EventStream:
                 if not self.mux:  # a mux session just stops; the mux reports its own close
                     yield b'event: close\ndata: {"reason":"superseded"}\n\n'
                 return
+            if sub.draining and not self.mux:  # a mux session ends with its mux
+                # Commit first: the reconnect may reach another replica before this returns.
+                await self._auto_commit(final=True)
+                yield drain_frame(self.settings)
+                return
             if need_catchup or sub.overflowed:
                 sub.overflowed = False
                 sub.events.clear()
@@ -224,7 +236,7 @@ class EventStream:
                     await self._auto_commit()
                 continue
             sub.wakeup.clear()
-            if sub.events or sub.kicked or sub.overflowed:
+            if sub.events or sub.kicked or sub.overflowed or sub.draining:
                 continue
             uncommitted = self._uncommitted()
             timeout = (

@@ -12,9 +12,12 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from litestar import Litestar, Request, Response, delete, get, post, put
@@ -58,9 +61,12 @@ SSE_HEADERS = {
 class ApiError(Exception):
     """An error answered as ``{"code", "message"}`` with HTTP ``status``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
 
 
 @dataclass
@@ -73,11 +79,63 @@ class Runtime:
     hub: Hub
     metrics: Metrics
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    draining: bool = False
 
     @property
     def deps(self) -> StreamDeps:
         """What the SSE streams of this process share."""
         return StreamDeps(self.streams, self.hub, self.settings, self.metrics)
+
+    def begin_drain(self) -> None:
+        """Start a graceful shutdown (SIGTERM): readiness fails, new streams are refused
+        with 503 ``draining``, and open streams end with a short ``retry`` hint so their
+        viewers resume from their stored offsets on another replica."""
+        if self.draining:
+            return
+        self.draining = True
+        log.warning("draining: closing %d channel(s) of open streams", self.hub.channel_count)
+        self.hub.drain(self.settings.drain_spread)
+
+    def refuse_if_draining(self) -> None:
+        """Raises ApiError 503 ``draining`` (with ``Retry-After``) once a drain began."""
+        if self.draining:
+            raise ApiError(
+                503,
+                "draining",
+                "this replica is shutting down; retry (another replica will answer)",
+                {"Retry-After": "1"},
+            )
+
+
+def _drain_on_signals(rt: Runtime) -> Callable[[], None]:
+    """Chain ``rt.begin_drain`` before the server's own SIGTERM/SIGINT handlers.
+
+    uvicorn installs its handlers with ``signal.signal`` before the lifespan starts and
+    then only stops accepting connections and waits for responses to end; SSE responses
+    never end by themselves, so the application has to hear the signal too. Returns a
+    function restoring the previous handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signals reach only the main thread (e.g. test clients)
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        prev = signal.getsignal(sig)
+        if not callable(prev):
+            continue  # no server handler to chain to: leave the default behaviour alone
+        previous[sig] = prev
+
+        def handler(signum: int, frame: FrameType | None, prev: Any = prev) -> None:
+            loop.call_soon_threadsafe(rt.begin_drain)
+            prev(signum, frame)
+
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+
+    return restore
 
 
 def _rt(request: Request[Any, Any, Any]) -> Runtime:
@@ -263,6 +321,7 @@ async def connection_events(
 ) -> Stream:
     """SSE from the consumer's stored offset (``Last-Event-ID`` wins when present)."""
     rt = _rt(request)
+    rt.refuse_if_draining()
     sid = _check_id(session_id, "session_id")
     cid = _check_id(connection_id, "connection_id")
     conn = await rt.streams.get_connection(sid, cid)
@@ -336,6 +395,7 @@ async def delete_connection(
 async def session_events(request: Request[Any, Any, Any], session_id: FromPath[str]) -> Stream:
     """Resumable SSE without a stored consumer: ``?from=`` or ``Last-Event-ID``."""
     rt = _rt(request)
+    rt.refuse_if_draining()
     sid = _check_id(session_id, "session_id")
     cursor = _last_event_id(request) or request.query_params.get("from") or "start"
     start = _resolve(await _meta_or_create(rt, sid), cursor)
@@ -444,6 +504,7 @@ async def answer_approval(
 async def activity(request: Request[Any, Any, Any]) -> Stream:
     """SSE feed of session status changes; ``Last-Event-ID`` resumes."""
     rt = _rt(request)
+    rt.refuse_if_draining()
     after = _last_event_id(request) or await rt.streams.last_activity_id()
     return _sse(activity_frames(rt.deps, after))
 
@@ -556,6 +617,7 @@ async def ack_mux(request: Request[Any, Any, Any], mux_id: FromPath[str]) -> Non
 async def mux_events(request: Request[Any, Any, Any], mux_id: FromPath[str]) -> Stream:
     """The browser's one SSE stream: every subscribed session plus the activity feed."""
     rt = _rt(request)
+    rt.refuse_if_draining()
     await _mux(rt, mux_id)
     token = secrets.token_hex(8)
     channel = rt.streams.mux_channel(mux_id)
@@ -576,9 +638,12 @@ async def healthz() -> dict[str, str]:
 
 @get("/readyz")
 async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
-    """Readiness: Redis answers a PING."""
+    """Readiness: Redis answers a PING and the replica is not draining."""
+    rt = _rt(request)
+    if rt.draining:
+        return Response({"code": "draining", "message": "shutting down"}, status_code=503)
     try:
-        await _rt(request).streams.redis.ping()
+        await rt.streams.redis.ping()
     except (RedisError, OSError) as exc:
         return Response({"code": "redis_unavailable", "message": str(exc)}, status_code=503)
     return Response({"status": "ready"})
@@ -592,7 +657,9 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 # --- errors and app -------------------------------------------------------------------------
 def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, str]]:
-    return Response({"code": exc.code, "message": exc.message}, status_code=exc.status)
+    return Response(
+        {"code": exc.code, "message": exc.message}, status_code=exc.status, headers=exc.headers
+    )
 
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
@@ -649,9 +716,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
             worker = DemoWorker(streams, rt.publisher, settings)
             rt.background.append(asyncio.create_task(worker.run_forever()))
         app.state.runtime = rt
+        restore_signals = _drain_on_signals(rt)
         try:
             yield
         finally:
+            restore_signals()
             for task in rt.background:
                 task.cancel()
                 with contextlib.suppress(BaseException):

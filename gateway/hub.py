@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections import deque
 from collections.abc import Callable
 
@@ -47,12 +48,14 @@ class Subscriber:
 
     ``events`` holds at most ``maxsize`` entries; ``overflowed`` means entries were dropped
     and the viewer must re-read the log. ``epoch`` is the log epoch of the last live frame.
-    ``kicked`` is set when the viewer's connection id was attached elsewhere.
+    ``kicked`` is set when the viewer's connection id was attached elsewhere; ``draining``
+    when this process is shutting down and the viewer should reconnect to another replica.
     """
 
     __slots__ = (
         "connection_id",
         "done",
+        "draining",
         "epoch",
         "events",
         "kicked",
@@ -77,6 +80,7 @@ class Subscriber:
         self.epoch = ""
         self.overflowed = False
         self.kicked = False
+        self.draining = False
         self.wakeup = asyncio.Event()
         self.done = asyncio.Event()
         self.on_raw = on_raw
@@ -99,6 +103,11 @@ class Subscriber:
         """Frames may have been missed (reconnect): force a catch-up."""
         self.events.clear()
         self.overflowed = True
+        self.wakeup.set()
+
+    def drain(self) -> None:
+        """End this viewer's stream with a reconnect hint: the process is shutting down."""
+        self.draining = True
         self.wakeup.set()
 
     def kick(self) -> None:
@@ -125,6 +134,7 @@ class Hub:
         self._task: asyncio.Task[None] | None = None
         self._active = asyncio.Event()
         self._closing = False
+        self.draining = False
 
     async def start(self) -> None:
         """Start the reader task."""
@@ -147,9 +157,23 @@ class Hub:
         """Channels with at least one local subscriber."""
         return len(self._subs)
 
+    def drain(self, spread: float) -> None:
+        """Ask every local viewer to reconnect elsewhere, spread over ``spread`` seconds.
+
+        Spreading the closes keeps a replica's viewers from reconnecting to the survivors
+        all in the same instant. Viewers that subscribe later are drained at once.
+        """
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        for subs in self._subs.values():
+            for sub in subs:
+                loop.call_later(random.uniform(0, spread), sub.drain)
+
     async def subscribe(self, channel: str, sub: Subscriber) -> None:
         """Register ``sub`` on ``channel``; waits (bounded) for Redis to confirm."""
         assert self._pubsub is not None, "hub not started"
+        if self.draining:
+            sub.drain()
         subs = self._subs.get(channel)
         if subs is not None:
             subs.add(sub)

@@ -20,7 +20,15 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import anyio
 
 from gateway import offsets
-from gateway.connections import Consumer, EventStream, OffsetAhead, Start, StreamDeps, resolve
+from gateway.connections import (
+    Consumer,
+    EventStream,
+    OffsetAhead,
+    Start,
+    StreamDeps,
+    drain_frame,
+    resolve,
+)
 from gateway.hub import Subscriber, wait_event
 
 log = logging.getLogger(__name__)
@@ -71,8 +79,11 @@ async def activity_frames(deps: StreamDeps, after: str) -> AsyncIterator[bytes]:
             backlog, inbox[:] = [], []
             if out:
                 yield "".join(out).encode()
+            if sub.draining:
+                yield drain_frame(settings)
+                return
             sub.wakeup.clear()
-            if inbox:
+            if inbox or sub.draining:
                 continue
             if not await wait_event(sub.wakeup, settings.heartbeat_interval):
                 yield b": hb\n\n"
@@ -136,6 +147,9 @@ class MuxStream:
                 self.wake.clear()
                 if ctl.kicked:
                     yield b'event: close\ndata: {"reason":"superseded"}\n\n'
+                    return
+                if ctl.draining:
+                    yield drain_frame(self.settings)
                     return
                 chunks = [f.encode() for f in cursor.frames(self.activity)]
                 self.activity.clear()

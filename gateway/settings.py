@@ -56,6 +56,15 @@ class Settings(BaseSettings):
     run_pickup_timeout: float = Field(
         default=60.0, gt=0, description="How long an accepted run may wait for a worker."
     )
+    drain_timeout: float = Field(
+        default=10.0, gt=0, description="SIGTERM: longest wait for open streams before exit."
+    )
+    drain_spread: float = Field(
+        default=1.0, ge=0, description="SIGTERM: open streams are closed over this many seconds."
+    )
+    drain_retry_ms: int = Field(
+        default=250, ge=0, description="SSE retry hint sent to streams closed by a drain."
+    )
     command_claim_idle: float = Field(
         default=60.0, gt=0, description="Unacked command age before another worker reclaims it."
     )
