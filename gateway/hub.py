@@ -16,10 +16,12 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 
+from gateway.cluster import ShardedPubSub
 from gateway.metrics import Metrics
 from gateway.streams import StoredEvent, parse_live_frame
 
@@ -116,6 +118,17 @@ class Subscriber:
         self.wakeup.set()
 
 
+class _PubSub(Protocol):
+    """What the hub uses of redis-py's ``PubSub`` (and of :class:`ShardedPubSub`)."""
+
+    @property
+    def subscribed(self) -> bool: ...
+    async def subscribe(self, *channels: str) -> Any: ...
+    async def unsubscribe(self, *channels: str) -> Any: ...
+    async def get_message(self, timeout: float = ...) -> Any: ...
+    async def aclose(self) -> None: ...
+
+
 class Hub:
     """Shares one Redis Pub/Sub connection among all local viewers.
 
@@ -124,11 +137,10 @@ class Hub:
     ``hub.unsubscribe(channel, sub)`` when the viewer goes away.
     """
 
-    def __init__(self, redis: Redis, metrics: Metrics, sharded: bool = False) -> None:
+    def __init__(self, redis: Redis, metrics: Metrics) -> None:
         self.redis = redis
         self.metrics = metrics
-        self.sharded = sharded
-        self._pubsub: PubSub | None = None
+        self._pubsub: _PubSub | None = None
         self._subs: dict[str, set[Subscriber]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
@@ -137,8 +149,11 @@ class Hub:
         self.draining = False
 
     async def start(self) -> None:
-        """Start the reader task."""
-        self._pubsub = self.redis.pubsub()
+        """Start the reader task (sharded Pub/Sub on a Redis Cluster)."""
+        if isinstance(self.redis, RedisCluster):
+            self._pubsub = ShardedPubSub(self.redis)
+        else:
+            self._pubsub = self.redis.pubsub()  # type: ignore[assignment]
         self._task = asyncio.create_task(self._run(), name="hub-reader")
 
     async def stop(self) -> None:
@@ -150,7 +165,7 @@ class Hub:
                 await self._task
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._pubsub.aclose()
 
     @property
     def channel_count(self) -> int:
@@ -278,6 +293,11 @@ class Hub:
             ev = self._confirmed.get(channel)
             if ev is not None:
                 ev.set()
+            return
+        if kind == "sresubscribe":
+            # Re-subscribed after a failover or a moved slot: frames meanwhile were lost.
+            for sub in self._subs.get(channel, ()):
+                sub.lost_frames()
             return
         if kind not in ("message", "smessage"):
             return

@@ -10,6 +10,7 @@ keys of its own Cluster slot.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,10 @@ class Publisher:
         self.redactor = redactor or Redactor()
         self.limits = {"max_bytes": max_event_bytes, "max_depth": max_depth}
         self._indexed: set[str] = set()
+        # Idempotent producer: each batch carries (producer id, sequence), so the Redis
+        # client's retry of a publish whose reply was lost cannot append it twice.
+        self.producer_id = uuid.uuid4().hex
+        self._batch_seq = itertools.count(1)
 
     @classmethod
     def from_settings(cls, streams: Streams, settings: Settings) -> Publisher:
@@ -117,6 +122,7 @@ class Publisher:
             encoded,  # type: ignore[arg-type]
             maxlen=self.retention_maxlen,
             guard=guard or ("1" if exclusive_run else "0"),
+            producer=(self.producer_id, next(self._batch_seq)),
         )
         await self._record_activity(session_id, batch, result)
         return result.offsets()

@@ -24,6 +24,11 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL")
     )
     key_prefix: str = "gw"
+    redis_retry_budget: float = Field(
+        default=10.0,
+        ge=0,
+        description="Redis Cluster: how long a command is retried through a failover.",
+    )
     redis_max_connections: int = Field(
         default=6, ge=1, description="Command connections per process (plus one Pub/Sub)."
     )

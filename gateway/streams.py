@@ -12,6 +12,8 @@ key of one session lives on one shard and its scripts stay single-slot):
                                 token; expires when unused
 ``gw:{sid}:snap``               hash: the latest stored snapshot and its offset
 ``gw:{sid}:lease``              string: the holder of the active run's lease (expires)
+``gw:{sid}:producers``          hash: producer id → results of its last 32 batches, so a
+                                retried batch is not appended twice (idempotent producer)
 ``gw:{sid}:live``               Pub/Sub channel: new entries (``E`` frames) and attach
                                 take-overs (``K`` frames)
 ``gw:{_global}:sessions``       sorted set: session id scored by last activity (ms)
@@ -31,16 +33,21 @@ tab or newline, and JSON text never holds a raw control character, so the split 
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from gateway import offsets
+from gateway.cluster import with_retry
 
 COMMAND_GROUP = "workers"
 ACTIVITY_MAXLEN = 2000
@@ -58,8 +65,24 @@ async def _a(value: Awaitable[T] | T) -> T:
     return value
 
 
-def _script(name: str) -> str:
-    return resources.files("gateway").joinpath("lua", name).read_text("utf-8")
+class _Script:
+    """A Lua script run by EVALSHA, falling back to EVAL (which also caches it) on NOSCRIPT.
+
+    redis-py's ``register_script`` reloads with SCRIPT LOAD on the nodes it believes are
+    masters; right after a failover that belief can be wrong and every call then fails with
+    NOSCRIPT. EVAL is routed like EVALSHA, by the first key, so it always reaches the owner.
+    """
+
+    def __init__(self, redis: Redis, name: str) -> None:
+        self.redis = redis
+        self.source = resources.files("gateway").joinpath("lua", name).read_text("utf-8")
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        try:
+            return await _a(self.redis.evalsha(self.sha, len(keys), *keys, *map(str, args)))
+        except NoScriptError:
+            return await _a(self.redis.eval(self.source, len(keys), *keys, *map(str, args)))
 
 
 class PublishRejected(Exception):
@@ -153,19 +176,38 @@ def parse_live_frame(payload: str) -> tuple[str, list[StoredEvent]]:
 class Streams:
     """All Redis operations of the gateway, publisher and workers.
 
-    ``redis`` must be created with ``decode_responses=True``. ``publish_command`` is
-    ``PUBLISH`` (single node) or ``SPUBLISH`` (sharded Pub/Sub on a cluster).
+    ``redis`` must be created with ``decode_responses=True`` (``gateway.redisconn.connect``).
+    On a Redis Cluster client, live frames use sharded Pub/Sub (``SPUBLISH``), so each goes
+    only to the shard that owns the session, and multi-command reads retry across a failover.
     """
 
-    def __init__(self, redis: Redis, prefix: str = "gw", publish_command: str = "PUBLISH") -> None:
+    def __init__(self, redis: Redis, prefix: str = "gw") -> None:
         self.redis = redis
         self.prefix = prefix
-        self.publish_command = publish_command
-        self._publish = redis.register_script(_script("publish.lua"))
-        self._ensure = redis.register_script(_script("ensure.lua"))
-        self._commit = redis.register_script(_script("commit.lua"))
-        self._activity = redis.register_script(_script("activity.lua"))
-        self._lease = redis.register_script(_script("lease.lua"))
+        self.clustered = isinstance(redis, RedisCluster)
+        self.publish_command = "SPUBLISH" if self.clustered else "PUBLISH"
+        self._retry_budget = float(getattr(redis, "retry_budget_s", 0.0))
+        self._publish = _Script(redis, "publish.lua")
+        self._ensure = _Script(redis, "ensure.lua")
+        self._commit = _Script(redis, "commit.lua")
+        self._activity = _Script(redis, "activity.lua")
+        self._lease = _Script(redis, "lease.lua")
+
+    async def _pipeline(self, build: Callable[[Pipeline], object], *, atomic: bool) -> list[Any]:
+        """Queue commands with ``build`` and run them in one round trip per node.
+
+        ``atomic`` wraps them in MULTI/EXEC (their keys must then share one hash slot).
+        A failover-type error re-runs the whole pipeline on a cluster (see with_retry).
+        """
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=atomic) as pipe:
+                build(pipe)
+                return await pipe.execute()
+
+        if self._retry_budget:
+            return await with_retry(self._retry_budget, run)
+        return await run()
 
     # --- key names -------------------------------------------------------------------------
     def _k(self, sid: str, part: str) -> str:
@@ -204,16 +246,21 @@ class Streams:
         *,
         maxlen: int,
         guard: str = "0",
+        producer: tuple[str, int] | None = None,
     ) -> PublishResult:
         """Append ``events`` (type, run_id, data JSON, aux1, aux2) atomically, in one round trip.
 
         ``guard``: ``"1"`` refuses a ``run.started`` while a run is active; ``"interrupt"``
         publishes only if the batch's run is active, leased, and its lease expired.
+        ``producer`` is (producer id, batch sequence): sending the same pair again returns
+        the first result and appends nothing, so a publish retried after a lost reply (a
+        failover, a dropped connection) is never duplicated.
 
         Raises:
             PublishRejected: an approval was unknown/already resolved (``approval_not_found``,
                 ``approval_already_resolved``), a run is active (``run_active``), or the
-                interrupt guard did not hold (``guard_failed``).
+                interrupt guard did not hold (``guard_failed``), or ``producer``'s sequence
+                is older than the 32 batches remembered for it (``producer_seq_stale``).
         """
         args: list[str | int] = [
             offsets.new_epoch(),
@@ -222,6 +269,8 @@ class Streams:
             guard,
             self.publish_command,
             len(events),
+            producer[0] if producer else "",
+            producer[1] if producer else 0,
         ]
         for ev in events:
             args.extend(ev)
@@ -230,6 +279,7 @@ class Streams:
             self._k(sid, "log"),
             self._k(sid, "approvals"),
             self._k(sid, "lease"),
+            self._k(sid, "producers"),
         ]
         res = cast(list[Any], await self._publish(keys=keys, args=args))
         if res[0] != "ok":
@@ -285,10 +335,13 @@ class Streams:
     # --- reading -----------------------------------------------------------------------------
     async def meta(self, sid: str) -> SessionMeta | None:
         """The session's metadata and its first retained sequence, or None if unknown."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self._k(sid, "meta"))
-            pipe.xrange(self._k(sid, "log"), "-", "+", count=1)
-            raw, first = await pipe.execute()
+        raw, first = await self._pipeline(
+            lambda p: (
+                p.hgetall(self._k(sid, "meta")),
+                p.xrange(self._k(sid, "log"), "-", "+", count=1),
+            ),
+            atomic=False,
+        )
         return self._meta(sid, raw, first)
 
     @staticmethod
@@ -327,11 +380,13 @@ class Streams:
     async def list_sessions(self, limit: int = 200) -> list[SessionMeta]:
         """The most recently active sessions, newest first (two round trips in all)."""
         ids = await self.redis.zrevrange(self._sessions_key, 0, limit - 1)
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        def build(pipe: Pipeline) -> None:
             for sid in ids:
                 pipe.hgetall(self._k(sid, "meta"))
                 pipe.xrange(self._k(sid, "log"), "-", "+", count=1)
-            replies = await pipe.execute()
+
+        replies = await self._pipeline(build, atomic=False)
         metas = (self._meta(sid, replies[2 * i], replies[2 * i + 1]) for i, sid in enumerate(ids))
         return [m for m in metas if m is not None]
 
@@ -368,10 +423,13 @@ class Streams:
     ) -> None:
         """Store a new consumer with its starting offset and TTL."""
         key = self._k(sid, f"conn:{cid}")
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"offset": offset, "commit": commit, "token": ""})
-            pipe.pexpire(key, int(ttl_s * 1000))
-            await pipe.execute()
+        await self._pipeline(
+            lambda p: (
+                p.hset(key, mapping={"offset": offset, "commit": commit, "token": ""}),
+                p.pexpire(key, int(ttl_s * 1000)),
+            ),
+            atomic=True,
+        )
 
     async def get_connection(self, sid: str, cid: str) -> StoredConnection | None:
         """The consumer's stored state, or None once expired or deleted."""
@@ -424,18 +482,17 @@ class Streams:
     async def create_mux(self, mux_id: str, ttl_s: float) -> None:
         """Store a new, empty mux."""
         key = self._mux_key(mux_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, "created", "1")
-            pipe.pexpire(key, int(ttl_s * 1000))
-            await pipe.execute()
+        await self._pipeline(
+            lambda p: (p.hset(key, "created", "1"), p.pexpire(key, int(ttl_s * 1000))),
+            atomic=True,
+        )
 
     async def get_mux(self, mux_id: str, ttl_s: float) -> dict[str, tuple[str, bool]] | None:
         """``{session_id: (connection_id, subscribed)}`` and a TTL refresh; None if unknown."""
         key = self._mux_key(mux_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(key)
-            pipe.pexpire(key, int(ttl_s * 1000))
-            raw, _ = await pipe.execute()
+        raw, _ = await self._pipeline(
+            lambda p: (p.hgetall(key), p.pexpire(key, int(ttl_s * 1000))), atomic=False
+        )
         if not raw:
             return None
         return {
@@ -449,10 +506,11 @@ class Streams:
     ) -> None:
         """Record the session's connection id and whether the mux streams it."""
         key = self._mux_key(mux_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={f"c:{sid}": cid, f"a:{sid}": "1" if subscribed else "0"})
-            pipe.pexpire(key, int(ttl_s * 1000))
-            await pipe.execute()
+        fields = {f"c:{sid}": cid, f"a:{sid}": "1" if subscribed else "0"}
+        await self._pipeline(
+            lambda p: (p.hset(key, mapping=fields), p.pexpire(key, int(ttl_s * 1000))),
+            atomic=True,
+        )
 
     async def set_mux_token(self, mux_id: str, token: str) -> None:
         """Record the mux's latest attachment (checked by streams that start after it)."""
@@ -472,10 +530,12 @@ class Streams:
         self, pairs: Sequence[tuple[str, str]]
     ) -> list[StoredConnection | None]:
         """Several consumers' stored state in one round trip: (session_id, connection_id)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        def build(pipe: Pipeline) -> None:
             for sid, cid in pairs:
                 pipe.hgetall(self._k(sid, f"conn:{cid}"))
-            replies = await pipe.execute()
+
+        replies = await self._pipeline(build, atomic=False)
         return [
             StoredConnection(cid, raw["offset"], raw.get("commit", "auto"), raw.get("token", ""))
             if raw

@@ -1,9 +1,15 @@
-"""Fixtures: one real redis-server for the session, two gateway replicas, a publisher."""
+"""Fixtures: one real redis-server (and, for the modules in CLUSTER_MODULES, also a real
+6-node Redis Cluster) for the session, two gateway replicas, a publisher.
+
+``store`` is the Redis the gateways, streams and publisher use. It is a single node, except
+in CLUSTER_MODULES, whose tests run twice: ``[single]`` and ``[cluster]``."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 
 import httpx
 import pytest
@@ -13,10 +19,30 @@ from gateway.publisher import Publisher
 from gateway.redisconn import connect
 from gateway.settings import Settings
 from gateway.streams import Streams
+from tests.cluster import RedisCluster
 from tests.support import Gateway, RedisServer
 
 # Fast heartbeats and commits so timing-related scenarios finish quickly.
 FAST = {"heartbeat_interval": 1.0, "auto_commit_interval": 0.1}
+
+# Modules whose tests also run against a Redis Cluster (sharded Pub/Sub, hash-tagged keys).
+CLUSTER_MODULES = {"test_scenarios", "test_mux"}
+
+
+@dataclass
+class Store:
+    """The Redis under test: ``kind`` is ``single`` or ``cluster``; ``url`` is REDIS_URL."""
+
+    kind: str
+    url: str
+    nodes: list[Callable[..., str]]  # redis-cli runners, one per node
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store" in metafunc.fixturenames and metafunc.module.__name__.split(".")[-1] in (
+        CLUSTER_MODULES
+    ):
+        metafunc.parametrize("store", ["single", "cluster"], indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -27,10 +53,26 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
-def gateways(redis_server: RedisServer) -> Iterator[tuple[Gateway, Gateway]]:
+def redis_cluster() -> Iterator[RedisCluster]:
+    cluster = RedisCluster()
+    print(f"\nRedis Cluster (3 masters + 3 replicas) ready in {cluster.ready_s:.1f} s")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> Store:
+    if getattr(request, "param", "single") == "cluster":
+        c: RedisCluster = request.getfixturevalue("redis_cluster")
+        return Store("cluster", c.url, [partial(c.cli, p) for p in c.ports])
+    return Store("single", redis_server.url, [redis_server.cli])
+
+
+@pytest.fixture(scope="session")
+def gateways(store: Store) -> Iterator[tuple[Gateway, Gateway]]:
     """Two replicas on one Redis: nothing about a connection lives in one process."""
-    a = Gateway(redis_server.url, **FAST)
-    b = Gateway(redis_server.url, **FAST)
+    a = Gateway(store.url, **FAST)
+    b = Gateway(store.url, **FAST)
     yield a, b
     a.stop()
     b.stop()
@@ -42,8 +84,8 @@ def gw(gateways: tuple[Gateway, Gateway]) -> Gateway:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def streams(redis_server: RedisServer) -> AsyncIterator[Streams]:
-    redis = connect(Settings(redis_url=redis_server.url), role="test")
+async def streams(store: Store) -> AsyncIterator[Streams]:
+    redis = connect(Settings(redis_url=store.url), role="test")
     yield Streams(redis)
     await redis.aclose()
 
