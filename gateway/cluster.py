@@ -34,7 +34,9 @@ from redis.crc import key_slot
 from redis.exceptions import (
     ClusterDownError,
     MovedError,
+    RedisClusterException,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -55,9 +57,13 @@ _RETRY_ERRORS: tuple[type[BaseException], ...] = (
     ClusterDownError,
     TryAgainError,
     MovedError,
+    SlotNotCoveredError,
     OSError,
 )
 _RETRY_REPLIES = ("UNBLOCKED", "LOADING", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
+# Raised by redis-py while it rebuilds its slot map mid-failover (no node answered, or the
+# answers did not cover every slot yet).
+_RETRY_CLIENT_ERRORS = ("Redis Cluster cannot be connected", "All slots are not covered")
 
 
 def is_cluster_url(url: str | None) -> bool:
@@ -139,6 +145,8 @@ _rc.ClusterNode = BoundedClusterNode  # type: ignore[misc]
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, _RETRY_ERRORS):
         return True
+    if isinstance(exc, RedisClusterException):
+        return str(exc).startswith(_RETRY_CLIENT_ERRORS)
     return isinstance(exc, ResponseError) and str(exc).startswith(_RETRY_REPLIES)
 
 

@@ -272,6 +272,9 @@ class EventStream:
         epoch, head = await self.streams.head_seqs(self.sid)
         if epoch is not None and epoch != self.epoch:
             yield await self._reset_to_head("epoch_changed")
+        elif epoch is not None and head < self.last:
+            # Events this viewer already got are gone (a failover lost them): say so.
+            yield await self._reset_to_head("offset_ahead")
         elif head > self.last:
             # Entries exist past what XRANGE returned: the log was trimmed under us.
             batch = await self.streams.read(self.sid, self.last, 1)
@@ -290,7 +293,7 @@ class EventStream:
                 self.sid, self.consumer.connection_id, self.settings.connection_ttl
             )
         epoch, head = await self.streams.head_seqs(self.sid)
-        return (epoch is not None and epoch != self.epoch) or head > self.last
+        return (epoch is not None and epoch != self.epoch) or head != self.last
 
     def _uncommitted(self) -> bool:
         c = self.consumer

@@ -329,7 +329,17 @@ async def connection_events(
         raise ApiError(404, "connection_not_found", f"no connection {cid!r}")
     explicit = _last_event_id(request)
     meta = await _meta_or_create(rt, sid)
-    start = _resolve(meta, explicit or conn.offset)
+    if explicit:
+        start = _resolve(meta, explicit)
+    else:
+        try:
+            start = resolve(meta, conn.offset)
+        except OffsetAhead:
+            # A stored offset past the log's end means events the viewer saw were lost
+            # (a Redis failover or restart without persistence): say so, from the head.
+            start = Start(meta.epoch, meta.seq, "offset_ahead")
+        except offsets.InvalidOffset as exc:
+            raise ApiError(400, "invalid_offset", str(exc)) from exc
     token = secrets.token_hex(8)
     stored = offsets.format_offset(start.epoch, start.after_seq)
     moved = await rt.streams.commit(

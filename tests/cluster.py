@@ -139,7 +139,7 @@ class RedisCluster:
     def replica_of(self, master: int) -> int:
         for p in self.live_ports():
             info = self.cli(p, "INFO", "replication")
-            if "role:slave" in info and f"master_port:{master}\r" in info:
+            if "role:slave" in info and f"master_port:{master}" in info.split():
                 return p
         raise LookupError(f"no replica of {master}")
 

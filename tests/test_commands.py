@@ -11,7 +11,7 @@ import pytest
 
 from gateway.redisconn import connect
 from gateway.settings import Settings
-from gateway.streams import Streams
+from gateway.streams import PublishRejected, Streams
 from tests.support import Gateway, Worker, sse
 
 pytestmark = pytest.mark.asyncio
@@ -360,3 +360,24 @@ async def test_secrets_are_redacted_before_storage(redis_server, client, sid):
         assert "env dump" in snap  # the rest of the output is kept
     finally:
         gw.stop()
+
+
+async def test_retried_publish_with_same_producer_sequence_is_stored_once(streams, sid):
+    """Idempotent producer: a batch re-sent with its (producer id, sequence) — as the Redis
+    client does after a lost reply — returns the first result and appends nothing."""
+    ev = [("session.title", "", '{"title":"x"}', "x", "")]
+    first = await streams.publish(sid, ev, maxlen=1000, producer=("p1", 1))
+    again = await streams.publish(sid, ev, maxlen=1000, producer=("p1", 1))
+    assert again == first
+    # Concurrent batches of one producer may arrive out of order: both are kept, once each.
+    third = await streams.publish(sid, ev, maxlen=1000, producer=("p1", 3))
+    second = await streams.publish(sid, ev, maxlen=1000, producer=("p1", 2))
+    assert await streams.publish(sid, ev, maxlen=1000, producer=("p1", 2)) == second
+    other = await streams.publish(sid, ev, maxlen=1000, producer=("p2", 1))
+    assert [first.first_seq, third.first_seq, second.first_seq, other.first_seq] == [1, 2, 3, 4]
+    assert [e.seq for e in await streams.read(sid, 0, 100)] == [1, 2, 3, 4]
+    # Older than the 32 batches remembered for the producer: refused, not re-appended.
+    for n in range(4, 40):
+        await streams.publish(sid, ev, maxlen=1000, producer=("p1", n))
+    with pytest.raises(PublishRejected, match="producer_seq_stale"):
+        await streams.publish(sid, ev, maxlen=1000, producer=("p1", 1))
