@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from gateway.publisher import Publisher
 from gateway.redisconn import connect
 from gateway.settings import Settings
 from gateway.streams import PublishRejected, Streams
@@ -381,3 +382,18 @@ async def test_retried_publish_with_same_producer_sequence_is_stored_once(stream
         await streams.publish(sid, ev, maxlen=1000, producer=("p1", n))
     with pytest.raises(PublishRejected, match="producer_seq_stale"):
         await streams.publish(sid, ev, maxlen=1000, producer=("p1", 1))
+
+
+async def test_stored_offset_beyond_the_log_resets_instead_of_409(gw, streams, client, sid):
+    """A consumer's stored offset past the log's end can only mean Redis lost events the
+    viewer saw (a failover without persistence): the stream says so with a reset."""
+    pub = Publisher(streams)
+    first = await pub.publish(sid, "session.title", {"title": "a"})
+    r = await client.post(f"{gw.url}/v1/sessions/{sid}/connections", json={"from": "start"})
+    cid = r.json()["connection_id"]
+    epoch = first.split("_")[0]
+    await streams.commit(sid, cid, f"{epoch}_000000000009", 60, forward_only=False)
+    async with sse(client, f"{gw.url}/v1/sessions/{sid}/connections/{cid}/events") as s:
+        frame = await s.next()
+    assert frame.event == "reset" and frame.json()["reason"] == "offset_ahead"
+    assert frame.id == first
