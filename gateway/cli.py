@@ -1,4 +1,4 @@
-"""CLI: the ``gateway`` console script (demo, serve, worker), built on Typer."""
+"""CLI: the ``gateway`` console script (demo, serve, worker, token), built on Typer."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def demo(
     from gateway.http import create_app
 
     _logging(log_level)
-    settings = Settings()
+    settings = Settings(insecure=True)
     store = settings.redis_url or "embedded in-process fakeredis (set REDIS_URL for real Redis)"
     url = f"http://{host}:{port}"
     typer.echo(
@@ -54,7 +54,9 @@ Try: type "How does reconnect resume from the stored offset?" and press Enter.
      Switch to another session while it streams, come back, reload the page:
      the transcript resumes exactly where you left it.
      Ask for "approval" in a prompt to get an approve/deny card; Esc cancels a run.
-Insecure demo mode: no authentication, bound to {host}. Ctrl-C stops.
+INSECURE demo mode: no token checks; anyone who reaches {host}:{port} can read and act on
+every session. Use `gateway serve` with GATEWAY_JWT_SECRET (or a public key) in production.
+Ctrl-C stops.
 """
     )
     uvicorn.run(
@@ -75,12 +77,39 @@ def serve(
         str | None, typer.Option(envvar="REDIS_URL", help="Redis URL (env REDIS_URL).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve without token checks (development only; env GATEWAY_INSECURE=1).",
+        ),
+    ] = False,
 ) -> None:
-    """Run the gateway alone against REDIS_URL. Other settings: GATEWAY_* env vars."""
+    """Run the gateway alone against REDIS_URL. Other settings: GATEWAY_* env vars.
+
+    Refuses to start without a token key (GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY or
+    GATEWAY_JWT_JWKS_FILE) unless --insecure is given.
+    """
+    from gateway.auth import Authenticator
+
     if redis_url:
         os.environ["REDIS_URL"] = redis_url
-    if not Settings().redis_url:
+    if insecure:
+        os.environ["GATEWAY_INSECURE"] = "1"  # the app factory (and every worker) reads it
+    settings = Settings()
+    if not settings.redis_url:
         raise typer.BadParameter("serve needs Redis: pass --redis-url or set REDIS_URL")
+    try:
+        auth = Authenticator(settings)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"gateway serve: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if not auth.configured:
+        typer.echo(
+            f"WARNING: --insecure: no token checks; anyone reaching {host}:{port} can read "
+            "and act on every session.",
+            err=True,
+        )
     _logging(log_level)
     uvicorn.run(
         "gateway.http:create_app",
@@ -131,6 +160,59 @@ def worker(
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+
+
+@app.command()
+def token(
+    subject: Annotated[str, typer.Argument(help="The token's subject (sub): a user or service.")],
+    session: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--session", "-s", help="Session id or pattern (repeatable; default: every session)."
+        ),
+    ] = None,
+    action: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--action",
+            "-a",
+            help="view, command, approve or publish (repeatable; default: view command approve).",
+        ),
+    ] = None,
+    ttl: Annotated[float, typer.Option(help="Lifetime in seconds.")] = 3600,
+    algorithm: Annotated[str, typer.Option(help="HS256 (secret), RS256 or ES256.")] = "HS256",
+    key: Annotated[
+        str | None,
+        typer.Option(help="HS256 secret or PEM private key (file); default GATEWAY_JWT_SECRET."),
+    ] = None,
+    kid: Annotated[str | None, typer.Option(help="Key id header (for a JWKS).")] = None,
+) -> None:
+    """Mint a token for development: prints the JWT on stdout.
+
+    Example: gateway token alice -s 'team-a-*' -a view -a command
+    """
+    from gateway.auth import mint
+
+    settings = Settings()
+    signing = key or (settings.jwt_secret.get_secret_value() if settings.jwt_secret else None)
+    if not signing:
+        raise typer.BadParameter("pass --key or set GATEWAY_JWT_SECRET")
+    try:
+        typer.echo(
+            mint(
+                signing,
+                subject,
+                sessions=session or ["*"],
+                actions=action or ["view", "command", "approve"],
+                ttl_s=ttl,
+                algorithm=algorithm,
+                audience=settings.jwt_audience,
+                issuer=settings.jwt_issuer,
+                kid=kid,
+            )
+        )
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from gateway import events, offsets, snapshot
+from gateway.auth import Authenticator, AuthError, Principal
 from gateway.connections import (
     Consumer,
     EventStream,
@@ -46,7 +47,7 @@ from gateway.mux import MuxStream, activity_frames
 from gateway.publisher import EventIn, Publisher, new_run_id
 from gateway.redisconn import connect
 from gateway.settings import Settings
-from gateway.streams import PublishRejected, SessionMeta, Streams
+from gateway.streams import PublishRejected, SessionMeta, StoredConnection, Streams
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Runtime:
     publisher: Publisher
     hub: Hub
     metrics: Metrics
+    auth: Authenticator
     background: list[asyncio.Task[None]] = field(default_factory=list)
     draining: bool = False
 
@@ -140,6 +142,43 @@ def _drain_on_signals(rt: Runtime) -> Callable[[], None]:
 
 def _rt(request: Request[Any, Any, Any]) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def _bearer(request: Request[Any, Any, Any]) -> str | None:
+    """The request's token: ``Authorization: Bearer …``, else ``?access_token=`` (EventSource
+    cannot set headers; keep such URLs out of access logs)."""
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return request.query_params.get("access_token") or None
+
+
+def _authz(
+    request: Request[Any, Any, Any], action: str, sid: str | None = None
+) -> tuple[Runtime, Principal]:
+    """The runtime and the caller's principal, which must hold ``action`` (on ``sid``).
+
+    Raises:
+        AuthError: 401 without a valid token, 403 when the token does not grant it.
+    """
+    rt = _rt(request)
+    principal = rt.auth.authenticate(_bearer(request))
+    principal.require(action, sid)
+    return rt, principal
+
+
+def _owner(rt: Runtime, principal: Principal) -> str:
+    """What is stored as a connection's or mux's owner ('' when tokens are not checked)."""
+    return principal.subject if rt.auth.configured else ""
+
+
+def _owned_conn(
+    rt: Runtime, principal: Principal, conn: StoredConnection | None, cid: str
+) -> StoredConnection:
+    """``conn`` if it exists and belongs to the caller; else 404 (a leaked id reads nothing)."""
+    if conn is None or conn.subject != _owner(rt, principal):
+        raise ApiError(404, "connection_not_found", f"no connection {cid!r}")
+    return conn
 
 
 def _check_id(value: str, what: str) -> str:
@@ -231,7 +270,7 @@ async def create_session(request: Request[Any, Any, Any]) -> dict[str, Any]:
     body = await _json_body(request, optional=True)
     sid = body.get("session_id") if isinstance(body, dict) else None
     sid = _check_id(sid, "session_id") if sid is not None else "s-" + secrets.token_hex(6)
-    rt = _rt(request)
+    rt, _ = _authz(request, "command", sid)
     epoch, seq, created = await rt.streams.ensure_session(sid)
     if created:
         await rt.streams.record_activity(sid, {"status": "idle", "created": True})
@@ -240,8 +279,9 @@ async def create_session(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 @get("/v1/sessions")
 async def list_sessions(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    """Sessions for a sidebar, most recently active first."""
-    metas = await _rt(request).streams.list_sessions()
+    """Sessions for a sidebar, most recently active first (those the token may view)."""
+    rt, who = _authz(request, "view")
+    metas = [m for m in await rt.streams.list_sessions() if who.sees(m.session_id)]
     return {
         "sessions": [
             {
@@ -260,7 +300,9 @@ async def list_sessions(request: Request[Any, Any, Any]) -> dict[str, Any]:
 @get("/v1/sessions/{session_id:str}")
 async def get_session(request: Request[Any, Any, Any], session_id: FromPath[str]) -> dict[str, Any]:
     """A session's metadata."""
-    meta = await _rt(request).streams.meta(_check_id(session_id, "session_id"))
+    sid = _check_id(session_id, "session_id")
+    rt, _ = _authz(request, "view", sid)
+    meta = await rt.streams.meta(sid)
     if meta is None:
         raise ApiError(404, "session_not_found", f"no session {session_id!r}")
     return _meta_json(meta)
@@ -271,7 +313,9 @@ async def get_snapshot(
     request: Request[Any, Any, Any], session_id: FromPath[str]
 ) -> dict[str, Any]:
     """The session's folded state and the offset it is valid at."""
-    res = await snapshot.load(_rt(request).streams, _check_id(session_id, "session_id"))
+    sid = _check_id(session_id, "session_id")
+    rt, _ = _authz(request, "view", sid)
+    res = await snapshot.load(rt.streams, sid)
     if res is None:
         raise ApiError(404, "session_not_found", f"no session {session_id!r}")
     return {"offset": res[0], "state": res[1]}
@@ -283,8 +327,8 @@ async def create_connection(
     request: Request[Any, Any, Any], session_id: FromPath[str]
 ) -> dict[str, Any]:
     """Create a consumer with a stored offset: ``{"connection_id", "offset", "commit"}``."""
-    rt = _rt(request)
     sid = _check_id(session_id, "session_id")
+    rt, who = _authz(request, "view", sid)
     body = await _json_body(request, optional=True)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "body must be a JSON object")
@@ -297,7 +341,9 @@ async def create_connection(
     meta = await _meta_or_create(rt, sid)
     offset = _cursor_offset(meta, cursor)
     cid = "c-" + secrets.token_hex(8)
-    await rt.streams.create_connection(sid, cid, offset, commit, rt.settings.connection_ttl)
+    await rt.streams.create_connection(
+        sid, cid, offset, commit, rt.settings.connection_ttl, _owner(rt, who)
+    )
     rt.metrics.connections_created.inc()
     return {"connection_id": cid, "offset": offset, "commit": commit}
 
@@ -307,11 +353,10 @@ async def get_connection(
     request: Request[Any, Any, Any], session_id: FromPath[str], connection_id: FromPath[str]
 ) -> dict[str, Any]:
     """A consumer's stored offset and commit mode."""
-    conn = await _rt(request).streams.get_connection(
-        _check_id(session_id, "session_id"), _check_id(connection_id, "connection_id")
-    )
-    if conn is None:
-        raise ApiError(404, "connection_not_found", f"no connection {connection_id!r}")
+    sid = _check_id(session_id, "session_id")
+    cid = _check_id(connection_id, "connection_id")
+    rt, who = _authz(request, "view", sid)
+    conn = _owned_conn(rt, who, await rt.streams.get_connection(sid, cid), cid)
     return {"connection_id": conn.connection_id, "offset": conn.offset, "commit": conn.commit}
 
 
@@ -320,13 +365,11 @@ async def connection_events(
     request: Request[Any, Any, Any], session_id: FromPath[str], connection_id: FromPath[str]
 ) -> Stream:
     """SSE from the consumer's stored offset (``Last-Event-ID`` wins when present)."""
-    rt = _rt(request)
-    rt.refuse_if_draining()
     sid = _check_id(session_id, "session_id")
     cid = _check_id(connection_id, "connection_id")
-    conn = await rt.streams.get_connection(sid, cid)
-    if conn is None:
-        raise ApiError(404, "connection_not_found", f"no connection {cid!r}")
+    rt, who = _authz(request, "view", sid)
+    rt.refuse_if_draining()
+    conn = _owned_conn(rt, who, await rt.streams.get_connection(sid, cid), cid)
     explicit = _last_event_id(request)
     meta = await _meta_or_create(rt, sid)
     if explicit:
@@ -349,6 +392,7 @@ async def connection_events(
         rt.settings.connection_ttl,
         forward_only=not (explicit or start.reset),
         token=token,
+        owner=_owner(rt, who),
     )
     if moved is None:
         raise ApiError(404, "connection_not_found", f"no connection {cid!r}")
@@ -365,9 +409,9 @@ async def ack(
     request: Request[Any, Any, Any], session_id: FromPath[str], connection_id: FromPath[str]
 ) -> None:
     """Manual commit: move the stored offset forward to ``{"offset"}``."""
-    rt = _rt(request)
     sid = _check_id(session_id, "session_id")
     cid = _check_id(connection_id, "connection_id")
+    rt, who = _authz(request, "view", sid)
     body = await _json_body(request)
     raw = body.get("offset") if isinstance(body, dict) else None
     if not isinstance(raw, str):
@@ -379,10 +423,10 @@ async def ack(
     epoch, head = await rt.streams.head_seqs(sid)
     if epoch == off.epoch and off.seq > head:
         raise ApiError(409, "offset_ahead", f"offset {raw} is beyond the last event")
-    if (
-        await rt.streams.commit(sid, cid, str(off), rt.settings.connection_ttl, forward_only=True)
-        is None
-    ):
+    stored = await rt.streams.commit(
+        sid, cid, str(off), rt.settings.connection_ttl, forward_only=True, owner=_owner(rt, who)
+    )
+    if stored is None:
         raise ApiError(404, "connection_not_found", f"no connection {cid!r}")
 
 
@@ -391,9 +435,10 @@ async def delete_connection(
     request: Request[Any, Any, Any], session_id: FromPath[str], connection_id: FromPath[str]
 ) -> None:
     """Forget the consumer and end any stream attached to it, on any replica."""
-    rt = _rt(request)
     sid = _check_id(session_id, "session_id")
     cid = _check_id(connection_id, "connection_id")
+    rt, who = _authz(request, "view", sid)
+    _owned_conn(rt, who, await rt.streams.get_connection(sid, cid), cid)
     if not await rt.streams.delete_connection(sid, cid):
         raise ApiError(404, "connection_not_found", f"no connection {cid!r}")
     await rt.streams.announce_attach(sid, cid, "deleted")
@@ -404,9 +449,9 @@ async def delete_connection(
 @get("/v1/sessions/{session_id:str}/events")
 async def session_events(request: Request[Any, Any, Any], session_id: FromPath[str]) -> Stream:
     """Resumable SSE without a stored consumer: ``?from=`` or ``Last-Event-ID``."""
-    rt = _rt(request)
-    rt.refuse_if_draining()
     sid = _check_id(session_id, "session_id")
+    rt, _ = _authz(request, "view", sid)
+    rt.refuse_if_draining()
     cursor = _last_event_id(request) or request.query_params.get("from") or "start"
     start = _resolve(await _meta_or_create(rt, sid), cursor)
     return _sse_stream(rt, sid, start)
@@ -417,8 +462,8 @@ async def publish_events(
     request: Request[Any, Any, Any], session_id: FromPath[str]
 ) -> dict[str, Any]:
     """Publish one event or ``{"events": [...]}`` atomically: ``{"offsets": [...]}``."""
-    rt = _rt(request)
     sid = _check_id(session_id, "session_id")
+    rt, _ = _authz(request, "publish", sid)
     body = await _json_body(request)
     if isinstance(body, dict) and "events" in body:
         items = body["events"]
@@ -447,8 +492,8 @@ async def publish_events(
 @post("/v1/sessions/{session_id:str}/runs", status_code=202)
 async def start_run(request: Request[Any, Any, Any], session_id: FromPath[str]) -> dict[str, Any]:
     """Start a run: publishes ``run.started`` and queues the command for a worker."""
-    rt = _rt(request)
     sid = _check_id(session_id, "session_id")
+    rt, _ = _authz(request, "command", sid)
     body = await _json_body(request)
     text = body.get("input") if isinstance(body, dict) else None
     if not isinstance(text, str) or not text.strip():
@@ -471,8 +516,8 @@ async def cancel_run(
     request: Request[Any, Any, Any], session_id: FromPath[str], run_id: FromPath[str]
 ) -> dict[str, Any]:
     """Ask the worker running ``run_id`` to stop; it publishes the one ``run.cancelled``."""
-    rt = _rt(request)
     sid = _check_id(session_id, "session_id")
+    rt, _ = _authz(request, "command", sid)
     _check_id(run_id, "run_id")
     meta = await rt.streams.meta(sid)
     if meta is None:
@@ -489,8 +534,8 @@ async def answer_approval(
     request: Request[Any, Any, Any], session_id: FromPath[str], approval_id: FromPath[str]
 ) -> dict[str, Any]:
     """Answer a pending approval once: publishes ``approval.resolved``."""
-    rt = _rt(request)
     sid = _check_id(session_id, "session_id")
+    rt, _ = _authz(request, "approve", sid)
     aid = _check_id(approval_id, "approval_id")
     body = await _json_body(request)
     decision = body.get("decision") if isinstance(body, dict) else None
@@ -512,34 +557,39 @@ async def answer_approval(
 # --- activity feed and the multiplexed browser stream --------------------------------------------
 @get("/v1/activity")
 async def activity(request: Request[Any, Any, Any]) -> Stream:
-    """SSE feed of session status changes; ``Last-Event-ID`` resumes."""
-    rt = _rt(request)
+    """SSE feed of status changes of the sessions the token may view; ``Last-Event-ID``
+    resumes."""
+    rt, who = _authz(request, "view")
     rt.refuse_if_draining()
     after = _last_event_id(request) or await rt.streams.last_activity_id()
-    return _sse(activity_frames(rt.deps, after))
+    return _sse(activity_frames(rt.deps, after, who.sees))
 
 
-async def _mux(rt: Runtime, mux_id: str) -> dict[str, tuple[str, bool]]:
-    subs = await rt.streams.get_mux(_check_id(mux_id, "mux_id"), rt.settings.connection_ttl)
-    if subs is None:
+async def _mux(
+    request: Request[Any, Any, Any], mux_id: str, sid: str | None = None
+) -> tuple[Runtime, Principal, dict[str, tuple[str, bool]]]:
+    """The caller's mux sessions; 404 unless the mux exists and the caller created it."""
+    rt, who = _authz(request, "view", sid)
+    mux = await rt.streams.get_mux(_check_id(mux_id, "mux_id"), rt.settings.connection_ttl)
+    if mux is None or mux.subject != _owner(rt, who):
         raise ApiError(404, "mux_not_found", f"no mux {mux_id!r}")
-    return subs
+    return rt, who, mux.sessions
 
 
 @post("/v1/mux", status_code=201)
 async def create_mux(request: Request[Any, Any, Any]) -> dict[str, str]:
     """Create a browser's multiplexed stream: ``{"mux_id"}``."""
-    rt = _rt(request)
+    rt, who = _authz(request, "view")
     mux_id = "m-" + secrets.token_hex(8)
-    await rt.streams.create_mux(mux_id, rt.settings.connection_ttl)
+    await rt.streams.create_mux(mux_id, rt.settings.connection_ttl, _owner(rt, who))
     return {"mux_id": mux_id}
 
 
 @get("/v1/mux/{mux_id:str}")
 async def get_mux(request: Request[Any, Any, Any], mux_id: FromPath[str]) -> dict[str, Any]:
     """The sessions this mux has viewed, with this device's committed offsets."""
-    rt = _rt(request)
-    subs = await _mux(rt, mux_id)
+    rt, who, subs = await _mux(request, mux_id)
+    subs = {sid: v for sid, v in subs.items() if who.sees(sid)}
     pairs = [(sid, cid) for sid, (cid, _) in subs.items()]
     conns = await rt.streams.get_connections(pairs)
     return {
@@ -560,9 +610,8 @@ async def subscribe_mux(
     request: Request[Any, Any, Any], mux_id: FromPath[str], session_id: FromPath[str]
 ) -> dict[str, str]:
     """Subscribe the mux to a session (``from`` replaces the stored offset when given)."""
-    rt = _rt(request)
     sid = _check_id(session_id, "session_id")
-    subs = await _mux(rt, mux_id)
+    rt, who, subs = await _mux(request, mux_id, sid)
     body = await _json_body(request, optional=True)
     cursor = body.get("from") if isinstance(body, dict) else None
     if cursor is not None and not isinstance(cursor, str):
@@ -574,7 +623,7 @@ async def subscribe_mux(
     if conn is None or cursor is not None:
         offset = _cursor_offset(meta, cursor or "live")
         if conn is None:
-            await rt.streams.create_connection(sid, cid, offset, "manual", ttl)
+            await rt.streams.create_connection(sid, cid, offset, "manual", ttl, _owner(rt, who))
             rt.metrics.connections_created.inc()
         else:
             await rt.streams.commit(sid, cid, offset, ttl, forward_only=False)
@@ -590,9 +639,8 @@ async def unsubscribe_mux(
     request: Request[Any, Any, Any], mux_id: FromPath[str], session_id: FromPath[str]
 ) -> None:
     """Stop streaming a session on this mux; its committed offset is kept."""
-    rt = _rt(request)
     sid = _check_id(session_id, "session_id")
-    subs = await _mux(rt, mux_id)
+    rt, _, subs = await _mux(request, mux_id)
     if sid in subs:
         await rt.streams.set_mux_session(
             mux_id, sid, subs[sid][0], False, rt.settings.connection_ttl
@@ -603,15 +651,14 @@ async def unsubscribe_mux(
 @post("/v1/mux/{mux_id:str}/ack", status_code=204)
 async def ack_mux(request: Request[Any, Any, Any], mux_id: FromPath[str]) -> None:
     """Manual commit of several sessions: ``{"offsets": {session_id: offset}}``."""
-    rt = _rt(request)
-    subs = await _mux(rt, mux_id)
+    rt, who, subs = await _mux(request, mux_id)
     body = await _json_body(request)
     acks = body.get("offsets") if isinstance(body, dict) else None
     if not isinstance(acks, dict):
         raise ApiError(400, "invalid_request", 'body must be {"offsets": {session_id: offset}}')
     parsed = []
     for sid, raw in acks.items():
-        if sid not in subs:
+        if sid not in subs or not who.sees(sid):
             raise ApiError(404, "session_not_subscribed", f"mux never viewed {sid!r}")
         try:
             parsed.append((sid, str(offsets.parse(raw if isinstance(raw, str) else ""))))
@@ -626,16 +673,15 @@ async def ack_mux(request: Request[Any, Any, Any], mux_id: FromPath[str]) -> Non
 @get("/v1/mux/{mux_id:str}/events")
 async def mux_events(request: Request[Any, Any, Any], mux_id: FromPath[str]) -> Stream:
     """The browser's one SSE stream: every subscribed session plus the activity feed."""
-    rt = _rt(request)
+    rt, who, _ = await _mux(request, mux_id)
     rt.refuse_if_draining()
-    await _mux(rt, mux_id)
     token = secrets.token_hex(8)
     channel = rt.streams.mux_channel(mux_id)
     await rt.streams.set_mux_token(mux_id, token)  # before announcing: see MuxStream.frames
     await rt.streams.notify_mux(mux_id, f"K\t{mux_id}\t{token}")
     await rt.hub.evict(channel, mux_id, token)
     rt.metrics.attaches.inc()
-    stream = MuxStream(rt.deps, mux_id=mux_id, token=token)
+    stream = MuxStream(rt.deps, mux_id=mux_id, token=token, visible=who.sees)
     return _sse(stream.frames())
 
 
@@ -666,6 +712,13 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 # --- errors and app -------------------------------------------------------------------------
+def _auth_error(_: Request[Any, Any, Any], exc: AuthError) -> Response[dict[str, str]]:
+    headers = {"WWW-Authenticate": f'Bearer error="{exc.code}"'} if exc.status == 401 else {}
+    return Response(
+        {"code": exc.code, "message": exc.message}, status_code=exc.status, headers=headers
+    )
+
+
 def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, str]]:
     return Response(
         {"code": exc.code, "message": exc.message}, status_code=exc.status, headers=exc.headers
@@ -706,6 +759,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         run_worker: also run the demo agent worker in this process (``gateway demo``).
     """
     settings = settings or Settings()
+    auth = Authenticator(settings)  # fails fast without a key unless insecure
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
@@ -714,7 +768,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         m = Metrics()
         hub = Hub(redis, m)
         await hub.start()
-        rt = Runtime(settings, streams, Publisher.from_settings(streams, settings), hub, m)
+        rt = Runtime(settings, streams, Publisher.from_settings(streams, settings), hub, m, auth)
         rt.background.append(
             asyncio.create_task(
                 reap_forever(streams, rt.publisher, settings.run_lease_ttl / 3), name="reaper"
@@ -778,6 +832,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,
+            AuthError: _auth_error,
             HTTPException: _http_error,
             RedisError: _redis_error,
             Exception: _internal_error,

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import anyio
 
@@ -41,33 +41,49 @@ def _stream_id_key(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-class ActivityCursor:
-    """Turns activity-feed lines (``<stream id>\\t<json>``) into SSE frames, once each."""
+Visible = Callable[[str], bool]
 
-    def __init__(self, after: str) -> None:
+
+def _everything(_: str) -> bool:
+    return True
+
+
+class ActivityCursor:
+    """Turns activity-feed lines (``<stream id>\\t<json>``) into SSE frames, once each,
+    keeping only sessions ``visible`` to the viewer's token."""
+
+    def __init__(self, after: str, visible: Visible = _everything) -> None:
         try:
             self.last = _stream_id_key(after)
         except ValueError:
             self.last = (0, 0)
+        self.visible = visible
 
     def frames(self, lines: list[str]) -> list[str]:
         """SSE ``event: session`` frames for the lines newer than the cursor."""
         out = []
         for line in lines:
-            sid, _, payload = line.partition("\t")
-            key = _stream_id_key(sid)
+            eid, _, payload = line.partition("\t")
+            key = _stream_id_key(eid)
             if key > self.last:
                 self.last = key
-                out.append(f"id: {sid}\nevent: session\ndata: {payload}\n\n")
+                if self.visible is not _everything:
+                    sid = json.loads(payload).get("session_id", "")
+                    if not self.visible(str(sid)):
+                        continue
+                out.append(f"id: {eid}\nevent: session\ndata: {payload}\n\n")
         return out
 
 
-async def activity_frames(deps: StreamDeps, after: str) -> AsyncIterator[bytes]:
-    """The activity feed as SSE, after stream id ``after`` (``GET /v1/activity``)."""
+async def activity_frames(
+    deps: StreamDeps, after: str, visible: Visible = _everything
+) -> AsyncIterator[bytes]:
+    """The activity feed as SSE, after stream id ``after`` (``GET /v1/activity``), of the
+    sessions ``visible`` to the viewer."""
     streams, hub, settings, metrics = deps.streams, deps.hub, deps.settings, deps.metrics
     inbox: list[str] = []
     sub = Subscriber(settings.queue_size, on_raw=inbox.append)
-    cursor = ActivityCursor(after)
+    cursor = ActivityCursor(after, visible)
     gauge = metrics.open_streams.labels("activity")
     gauge.inc()
     try:
@@ -96,10 +112,14 @@ class MuxStream:
     """The live stream of one mux (``GET /v1/mux/{mux_id}/events``); iterate :meth:`frames`.
 
     ``token`` identifies this attachment: a newer attachment of the same mux ends this one.
+    ``visible`` says which sessions the viewer's token may read: others are not streamed.
     """
 
-    def __init__(self, deps: StreamDeps, *, mux_id: str, token: str) -> None:
+    def __init__(
+        self, deps: StreamDeps, *, mux_id: str, token: str, visible: Visible = _everything
+    ) -> None:
         self.deps = deps
+        self.visible = visible
         self.streams, self.hub = deps.streams, deps.hub
         self.settings, self.metrics = deps.settings, deps.metrics
         self.mux_id, self.token = mux_id, token
@@ -137,11 +157,11 @@ class MuxStream:
             if await self.streams.mux_token(self.mux_id) != self.token:
                 ctl.kick()
             await self.hub.subscribe(self.streams.activity_channel, act)
-            cursor = ActivityCursor(await self.streams.last_activity_id())
+            cursor = ActivityCursor(await self.streams.last_activity_id(), self.visible)
             yield f"retry: {self.settings.sse_retry_ms}\n\n".encode()
-            subs = await self.streams.get_mux(self.mux_id, self.settings.connection_ttl) or {}
-            for sid, (_, subscribed) in subs.items():
-                if subscribed:
+            mux = await self.streams.get_mux(self.mux_id, self.settings.connection_ttl)
+            for sid, (_, subscribed) in (mux.sessions if mux else {}).items():
+                if subscribed and self.visible(sid):
                     await self._start(sid)
             while True:
                 self.wake.clear()
@@ -235,8 +255,9 @@ class MuxStream:
 
     async def _deliver(self, sid: str) -> bool:
         """One attachment of ``sid``'s connection; False when the session is not subscribed."""
-        subs = await self.streams.get_mux(self.mux_id, self.settings.connection_ttl) or {}
-        if sid not in subs:
+        mux = await self.streams.get_mux(self.mux_id, self.settings.connection_ttl)
+        subs = mux.sessions if mux else {}
+        if sid not in subs or not self.visible(sid):
             return False
         cid = subs[sid][0]
         conn = await self.streams.get_connection(sid, cid)

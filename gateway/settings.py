@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
@@ -24,6 +24,26 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL")
     )
     key_prefix: str = "gw"
+    insecure: bool = Field(
+        default=False, description="Serve without token checks (development; --insecure)."
+    )
+    jwt_secret: SecretStr | None = Field(default=None, description="HS256 shared secret.")
+    jwt_public_key: str | None = Field(
+        default=None, description="RS256/ES256 public key: PEM text or a file path."
+    )
+    jwt_jwks_file: str | None = Field(default=None, description="A JWKS file of public keys.")
+    jwt_audience: str | None = Field(default=None, description="Required `aud`, when set.")
+    jwt_issuer: str | None = Field(default=None, description="Required `iss`, when set.")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from another site (JSON list); none = off.",
+    )
+    max_streams_per_subject: int = Field(
+        default=32, ge=1, description="Open streams per token subject; the oldest is superseded."
+    )
+    connection_rate: int = Field(
+        default=120, ge=1, description="Connections and streams a subject may open per minute."
+    )
     redis_retry_budget: float = Field(
         default=10.0,
         ge=0,

@@ -142,12 +142,28 @@ class SessionMeta:
 
 @dataclass(frozen=True, slots=True)
 class StoredConnection:
-    """A consumer's stored state: committed ``offset``, ``commit`` mode, attach ``token``."""
+    """A consumer's stored state: committed ``offset``, ``commit`` mode, attach ``token``,
+    and the token ``subject`` that created it ('' when created without authentication)."""
 
     connection_id: str
     offset: str
     commit: str
     token: str
+    subject: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMux:
+    """A mux: its creator's ``subject`` and ``{session_id: (connection_id, subscribed)}``."""
+
+    subject: str
+    sessions: dict[str, tuple[str, bool]]
+
+
+def _conn(cid: str, raw: dict[str, str]) -> StoredConnection:
+    return StoredConnection(
+        cid, raw["offset"], raw.get("commit", "auto"), raw.get("token", ""), raw.get("sub", "")
+    )
 
 
 def envelope_json(session_json: str, epoch: str, ev: StoredEvent) -> str:
@@ -419,13 +435,14 @@ class Streams:
 
     # --- consumers (connections) -------------------------------------------------------------
     async def create_connection(
-        self, sid: str, cid: str, offset: str, commit: str, ttl_s: float
+        self, sid: str, cid: str, offset: str, commit: str, ttl_s: float, subject: str = ""
     ) -> None:
-        """Store a new consumer with its starting offset and TTL."""
+        """Store a new consumer with its starting offset, TTL and owning token subject."""
         key = self._k(sid, f"conn:{cid}")
+        fields = {"offset": offset, "commit": commit, "token": "", "sub": subject}
         await self._pipeline(
             lambda p: (
-                p.hset(key, mapping={"offset": offset, "commit": commit, "token": ""}),
+                p.hset(key, mapping=fields),
                 p.pexpire(key, int(ttl_s * 1000)),
             ),
             atomic=True,
@@ -434,22 +451,30 @@ class Streams:
     async def get_connection(self, sid: str, cid: str) -> StoredConnection | None:
         """The consumer's stored state, or None once expired or deleted."""
         raw = await _a(self.redis.hgetall(self._k(sid, f"conn:{cid}")))
-        if not raw:
-            return None
-        return StoredConnection(cid, raw["offset"], raw.get("commit", "auto"), raw.get("token", ""))
+        return _conn(cid, raw) if raw else None
 
     async def commit(
-        self, sid: str, cid: str, offset: str, ttl_s: float, *, forward_only: bool, token: str = ""
+        self,
+        sid: str,
+        cid: str,
+        offset: str,
+        ttl_s: float,
+        *,
+        forward_only: bool,
+        token: str = "",
+        owner: str = "*",
     ) -> str | None:
         """Store ``offset`` for the consumer and refresh its TTL.
 
         ``forward_only`` ignores an offset older than the stored one (late acks);
-        a non-empty ``token`` records the current attachment. Returns the stored offset,
-        or None if the consumer no longer exists (it is never resurrected).
+        a non-empty ``token`` records the current attachment; ``owner`` (a token subject, or
+        ``*`` for no check) must have created the consumer. Returns the stored offset, or
+        None if the consumer no longer exists or belongs to another subject (it is never
+        resurrected).
         """
         res = await self._commit(
             keys=[self._k(sid, f"conn:{cid}")],
-            args=[offset, int(ttl_s * 1000), "forward" if forward_only else "set", token],
+            args=[offset, int(ttl_s * 1000), "forward" if forward_only else "set", token, owner],
         )
         return cast(str | None, res) if res else None
 
@@ -479,27 +504,31 @@ class Streams:
         """The control channel of a mux's live stream."""
         return f"{self._mux_key(mux_id)}:ctl"
 
-    async def create_mux(self, mux_id: str, ttl_s: float) -> None:
-        """Store a new, empty mux."""
+    async def create_mux(self, mux_id: str, ttl_s: float, subject: str = "") -> None:
+        """Store a new, empty mux owned by the token ``subject``."""
         key = self._mux_key(mux_id)
         await self._pipeline(
-            lambda p: (p.hset(key, "created", "1"), p.pexpire(key, int(ttl_s * 1000))),
+            lambda p: (
+                p.hset(key, mapping={"created": "1", "sub": subject}),
+                p.pexpire(key, int(ttl_s * 1000)),
+            ),
             atomic=True,
         )
 
-    async def get_mux(self, mux_id: str, ttl_s: float) -> dict[str, tuple[str, bool]] | None:
-        """``{session_id: (connection_id, subscribed)}`` and a TTL refresh; None if unknown."""
+    async def get_mux(self, mux_id: str, ttl_s: float) -> StoredMux | None:
+        """The mux's owner and sessions, with a TTL refresh; None if unknown."""
         key = self._mux_key(mux_id)
         raw, _ = await self._pipeline(
             lambda p: (p.hgetall(key), p.pexpire(key, int(ttl_s * 1000))), atomic=False
         )
         if not raw:
             return None
-        return {
+        sessions = {
             f[2:]: (cid, raw.get(f"a:{f[2:]}") == "1")
             for f, cid in raw.items()
             if f.startswith("c:")
         }
+        return StoredMux(raw.get("sub", ""), sessions)
 
     async def set_mux_session(
         self, mux_id: str, sid: str, cid: str, subscribed: bool, ttl_s: float
@@ -537,10 +566,7 @@ class Streams:
 
         replies = await self._pipeline(build, atomic=False)
         return [
-            StoredConnection(cid, raw["offset"], raw.get("commit", "auto"), raw.get("token", ""))
-            if raw
-            else None
-            for (_, cid), raw in zip(pairs, replies, strict=True)
+            _conn(cid, raw) if raw else None for (_, cid), raw in zip(pairs, replies, strict=True)
         ]
 
     # --- snapshots ---------------------------------------------------------------------------

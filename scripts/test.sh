@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
-need_debs "redis-server=redis-server" "redis-cli=redis-tools" "/usr/bin/chromium=chromium"
+need_debs "redis-server=redis-server" "redis-cli=redis-tools" "/usr/bin/chromium=chromium" \
+  "/usr/sbin/nginx=nginx" "docker-compose=docker-compose"
 make_venv "[test]"
 echo "==> ruff + mypy --strict"
 .venv/bin/ruff check gateway tests loadtests

@@ -127,7 +127,8 @@ def _env(redis_url: str, **settings: Any) -> dict[str, str]:
 
 
 class Gateway(Proc):
-    """``gateway serve`` (real uvicorn) on a free port."""
+    """``gateway serve`` (real uvicorn) on a free port; ``--insecure`` (no token checks)
+    unless a token key is among ``settings`` (``jwt_secret``, ``jwt_public_key``, …)."""
 
     def __init__(self, redis_url: str, **settings: Any) -> None:
         self.port = free_port()
@@ -142,6 +143,8 @@ class Gateway(Proc):
             "--log-level",
             "warning",
         ]
+        if not any(k.startswith("jwt_") for k in settings):
+            args.append("--insecure")
         super().__init__(args, _env(redis_url, **settings), f"gateway-{self.port}")
         self.wait_ready()
 

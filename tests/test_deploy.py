@@ -350,7 +350,8 @@ def test_compose_stack() -> None:
     assert len(workers) == 2
     for name in gateways:
         svc = services[name]
-        assert svc.get("command") is None  # the image's CMD: gateway serve on 0.0.0.0:8000
+        # A local stack: gateway serve on 0.0.0.0:8000 without token checks (said in a comment).
+        assert svc["command"][:2] == ["gateway", "serve"] and "--insecure" in svc["command"]
         assert "/readyz" in " ".join(svc["healthcheck"]["test"])
         assert svc["environment"]["REDIS_URL"].startswith("redis://redis:")
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"

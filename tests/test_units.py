@@ -117,7 +117,8 @@ async def test_subscriber_overflow_falls_back_instead_of_growing() -> None:
 
 async def test_embedded_demo_runs_a_turn_on_fakeredis() -> None:
     app = create_app(
-        Settings(redis_url=None, tokens_per_second=2000, key_prefix="unit"), run_worker=True
+        Settings(redis_url=None, tokens_per_second=2000, key_prefix="unit", insecure=True),
+        run_worker=True,
     )
     async with AsyncTestClient(app=app) as client:
         r = await client.post(
