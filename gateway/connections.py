@@ -22,7 +22,7 @@ import anyio
 from redis.exceptions import RedisError
 
 from gateway import offsets
-from gateway.hub import Hub, Subscriber, wait_event
+from gateway.hub import Hub, Slot, Subscriber, wait_event
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.streams import SessionMeta, StoredEvent, Streams, envelope_json
@@ -45,6 +45,16 @@ class Start:
     epoch: str
     after_seq: int
     reset: str | None = None
+
+
+async def release_slot(streams: Streams, hub: Hub, slot: Slot | None, sub: Subscriber) -> None:
+    """Give back a stream's slot among its subject's open streams (see :class:`Slot`)."""
+    if slot is not None:
+        slot.release(hub, sub)
+        await streams.close_slot(slot.subject, slot.slot)
+
+
+SUPERSEDED = b'event: close\ndata: {"reason":"superseded"}\n\n'
 
 
 def drain_frame(settings: Settings) -> bytes:
@@ -118,6 +128,7 @@ class EventStream:
         start: Start,
         consumer: Consumer | None = None,
         mux: bool = False,
+        slot: Slot | None = None,
     ) -> None:
         self.streams, self.hub = deps.streams, deps.hub
         self.settings, self.metrics = deps.settings, deps.metrics
@@ -128,6 +139,7 @@ class EventStream:
         self.pending_reset = start.reset
         self.consumer = consumer
         self.mux = mux
+        self.slot = slot
         self.kind = "mux-session" if mux else "connection" if consumer else "plain"
         self._committed = self.last
         self._last_commit = time.monotonic()
@@ -171,6 +183,8 @@ class EventStream:
         gauge = self.metrics.open_streams.labels(self.kind)
         gauge.inc()
         try:
+            if self.slot is not None:
+                await self.slot.hold(self.hub, sub)
             async with contextlib.aclosing(self._frames(sub, channel)) as frames:
                 async for frame in frames:
                     yield frame
@@ -183,6 +197,7 @@ class EventStream:
             gauge.dec()
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await self._auto_commit(final=True)
+                await release_slot(self.streams, self.hub, self.slot, sub)
 
     async def _frames(self, sub: Subscriber, channel: str) -> AsyncGenerator[bytes, None]:
         await self.hub.subscribe(channel, sub)
@@ -203,7 +218,7 @@ class EventStream:
         while True:
             if sub.kicked:
                 if not self.mux:  # a mux session just stops; the mux reports its own close
-                    yield b'event: close\ndata: {"reason":"superseded"}\n\n'
+                    yield SUPERSEDED
                 return
             if sub.draining and not self.mux:  # a mux session ends with its mux
                 # Commit first: the reconnect may reach another replica before this returns.

@@ -19,8 +19,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 from litestar import Litestar, Request, Response, delete, get, post, put
+from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath
@@ -30,7 +32,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from gateway import events, offsets, snapshot
+from gateway import durable, events, offsets, snapshot
 from gateway.auth import Authenticator, AuthError, Principal
 from gateway.connections import (
     Consumer,
@@ -40,7 +42,7 @@ from gateway.connections import (
     StreamDeps,
     resolve,
 )
-from gateway.hub import Hub
+from gateway.hub import Hub, Slot
 from gateway.leases import reap_forever
 from gateway.metrics import Metrics
 from gateway.mux import MuxStream, activity_frames
@@ -167,6 +169,40 @@ def _authz(
     return rt, principal
 
 
+SLOT_MAX_AGE_S = 86_400.0  # a slot left by a crashed replica stops counting after a day
+
+
+async def _rate(rt: Runtime, who: Principal) -> None:
+    """Count a stream or connection opened by ``who``; 429 ``rate_limited`` past the limit.
+
+    Only with tokens: without them every caller is the one anonymous subject.
+    """
+    if not rt.auth.configured:
+        return
+    count, retry_after = await rt.streams.hit_rate(who.subject)
+    if count > rt.settings.connection_rate:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"{who.subject!r} opened more than {rt.settings.connection_rate} streams or "
+            "connections this minute",
+            {"Retry-After": str(max(1, retry_after))},
+        )
+
+
+async def _admit(rt: Runtime, who: Principal) -> Slot | None:
+    """Rate-check a new stream of ``who`` and take one of its stream slots: past
+    ``max_streams_per_subject`` its oldest stream ends with ``event: close`` superseded."""
+    if not rt.auth.configured:
+        return None
+    await _rate(rt, who)
+    slot = Slot(who.subject, rt.streams.subject_channel(who.subject), secrets.token_hex(8))
+    await rt.streams.open_slot(
+        who.subject, slot.slot, rt.settings.max_streams_per_subject, SLOT_MAX_AGE_S
+    )
+    return slot
+
+
 def _owner(rt: Runtime, principal: Principal) -> str:
     """What is stored as a connection's or mux's owner ('' when tokens are not checked)."""
     return principal.subject if rt.auth.configured else ""
@@ -240,8 +276,14 @@ def _sse(frames: AsyncIterator[bytes]) -> Stream:
     return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-def _sse_stream(rt: Runtime, sid: str, start: Start, consumer: Consumer | None = None) -> Stream:
-    stream = EventStream(rt.deps, session_id=sid, start=start, consumer=consumer)
+def _sse_stream(
+    rt: Runtime,
+    sid: str,
+    start: Start,
+    consumer: Consumer | None = None,
+    slot: Slot | None = None,
+) -> Stream:
+    stream = EventStream(rt.deps, session_id=sid, start=start, consumer=consumer, slot=slot)
     return _sse(stream.frames())
 
 
@@ -340,6 +382,7 @@ async def create_connection(
         raise ApiError(400, "invalid_commit", "commit must be auto or manual")
     meta = await _meta_or_create(rt, sid)
     offset = _cursor_offset(meta, cursor)
+    await _rate(rt, who)
     cid = "c-" + secrets.token_hex(8)
     await rt.streams.create_connection(
         sid, cid, offset, commit, rt.settings.connection_ttl, _owner(rt, who)
@@ -401,7 +444,7 @@ async def connection_events(
         rt.metrics.reattaches.inc()
     await rt.streams.announce_attach(sid, cid, token)
     await rt.hub.evict(rt.streams.live_channel(sid), cid, token)
-    return _sse_stream(rt, sid, start, Consumer(cid, conn.commit, token))
+    return _sse_stream(rt, sid, start, Consumer(cid, conn.commit, token), await _admit(rt, who))
 
 
 @post("/v1/sessions/{session_id:str}/connections/{connection_id:str}/ack", status_code=204)
@@ -450,11 +493,11 @@ async def delete_connection(
 async def session_events(request: Request[Any, Any, Any], session_id: FromPath[str]) -> Stream:
     """Resumable SSE without a stored consumer: ``?from=`` or ``Last-Event-ID``."""
     sid = _check_id(session_id, "session_id")
-    rt, _ = _authz(request, "view", sid)
+    rt, who = _authz(request, "view", sid)
     rt.refuse_if_draining()
     cursor = _last_event_id(request) or request.query_params.get("from") or "start"
     start = _resolve(await _meta_or_create(rt, sid), cursor)
-    return _sse_stream(rt, sid, start)
+    return _sse_stream(rt, sid, start, slot=await _admit(rt, who))
 
 
 @post("/v1/sessions/{session_id:str}/events", status_code=201)
@@ -562,7 +605,7 @@ async def activity(request: Request[Any, Any, Any]) -> Stream:
     rt, who = _authz(request, "view")
     rt.refuse_if_draining()
     after = _last_event_id(request) or await rt.streams.last_activity_id()
-    return _sse(activity_frames(rt.deps, after, who.sees))
+    return _sse(activity_frames(rt.deps, after, who.sees, await _admit(rt, who)))
 
 
 async def _mux(
@@ -580,6 +623,7 @@ async def _mux(
 async def create_mux(request: Request[Any, Any, Any]) -> dict[str, str]:
     """Create a browser's multiplexed stream: ``{"mux_id"}``."""
     rt, who = _authz(request, "view")
+    await _rate(rt, who)
     mux_id = "m-" + secrets.token_hex(8)
     await rt.streams.create_mux(mux_id, rt.settings.connection_ttl, _owner(rt, who))
     return {"mux_id": mux_id}
@@ -681,7 +725,9 @@ async def mux_events(request: Request[Any, Any, Any], mux_id: FromPath[str]) -> 
     await rt.streams.notify_mux(mux_id, f"K\t{mux_id}\t{token}")
     await rt.hub.evict(channel, mux_id, token)
     rt.metrics.attaches.inc()
-    stream = MuxStream(rt.deps, mux_id=mux_id, token=token, visible=who.sees)
+    stream = MuxStream(
+        rt.deps, mux_id=mux_id, token=token, visible=who.sees, slot=await _admit(rt, who)
+    )
     return _sse(stream.frames())
 
 
@@ -712,6 +758,40 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 # --- errors and app -------------------------------------------------------------------------
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def _reject_cross_site(request: Request[Any, Any, Any]) -> None:
+    """Refuse state-changing requests a browser sends from another site (CSRF defence).
+
+    Uses ``Sec-Fetch-Site`` (set by the browser, not by page scripts), else compares the
+    ``Origin`` with the ``Host`` the request was sent to. Origins in ``GATEWAY_CORS_ORIGINS``
+    are allowed; requests without either header (servers, curl) are not browser-driven.
+
+    Raises:
+        ApiError: 403 ``cross_site``.
+    """
+    if request.method in _SAFE_METHODS:
+        return
+    origin = request.headers.get("origin")
+    allowed = request.app.state.runtime.settings.cors_origins
+    if origin and origin in allowed:
+        return
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        cross = site not in ("same-origin", "none")
+    elif origin:
+        host = request.headers.get("host", "")
+        theirs = urlsplit(origin)
+        cross = (theirs.netloc if ":" in host else theirs.hostname or "") != host
+    else:
+        cross = False
+    if cross:
+        raise ApiError(
+            403, "cross_site", "cross-site request refused (allow its origin in CORS settings)"
+        )
+
+
 def _auth_error(_: Request[Any, Any, Any], exc: AuthError) -> Response[dict[str, str]]:
     headers = {"WWW-Authenticate": f'Bearer error="{exc.code}"'} if exc.status == 401 else {}
     return Response(
@@ -818,6 +898,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         readyz,
         metrics,
     ]
+    handlers.extend(durable.route_handlers)  # Durable Streams protocol under /ds
     if settings.frontend_dir.is_dir():
         handlers.append(
             create_static_files_router(
@@ -827,8 +908,20 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
                 include_in_schema=False,
             )
         )
+    cors = (
+        CORSConfig(
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            max_age=600,
+        )
+        if settings.cors_origins
+        else None  # off by default: same-origin only
+    )
     return Litestar(
         route_handlers=handlers,
+        cors_config=cors,
+        before_request=_reject_cross_site,
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,

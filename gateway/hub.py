@@ -16,6 +16,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -64,6 +65,7 @@ class Subscriber:
         "maxsize",
         "on_raw",
         "overflowed",
+        "slot",
         "token",
         "wakeup",
     )
@@ -86,6 +88,7 @@ class Subscriber:
         self.wakeup = asyncio.Event()
         self.done = asyncio.Event()
         self.on_raw = on_raw
+        self.slot = ""
 
     def push(self, epoch: str, events: list[StoredEvent]) -> bool:
         """Queue live events; returns False when this push made the queue overflow."""
@@ -127,6 +130,26 @@ class _PubSub(Protocol):
     async def unsubscribe(self, *channels: str) -> Any: ...
     async def get_message(self, timeout: float = ...) -> Any: ...
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A stream's place among its token subject's open streams: the subject's control
+    ``channel`` and this stream's ``slot`` id. A newer stream of the subject beyond
+    ``GATEWAY_MAX_STREAMS_PER_SUBJECT`` ends the oldest with ``event: close`` superseded."""
+
+    subject: str
+    channel: str
+    slot: str
+
+    async def hold(self, hub: Hub, sub: Subscriber) -> None:
+        """Make ``sub`` the one an eviction of this slot kicks."""
+        sub.slot = self.slot
+        await hub.subscribe(self.channel, sub)
+
+    def release(self, hub: Hub, sub: Subscriber) -> None:
+        """Undo :meth:`hold`."""
+        hub.unsubscribe(self.channel, sub)
 
 
 class Hub:
@@ -314,6 +337,11 @@ class Hub:
             _, cid, token = data.split("\t", 2)
             for sub in subs:
                 if sub.connection_id == cid and sub.token != token:
+                    sub.kick()
+        elif data.startswith("X\t"):  # a subject's stream slot was given to a newer stream
+            slot = data[2:]
+            for sub in subs:
+                if sub.slot == slot:
                     sub.kick()
         else:
             for sub in subs:

@@ -21,15 +21,17 @@ import anyio
 
 from gateway import offsets
 from gateway.connections import (
+    SUPERSEDED,
     Consumer,
     EventStream,
     OffsetAhead,
     Start,
     StreamDeps,
     drain_frame,
+    release_slot,
     resolve,
 )
-from gateway.hub import Subscriber, wait_event
+from gateway.hub import Slot, Subscriber, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ class ActivityCursor:
 
 
 async def activity_frames(
-    deps: StreamDeps, after: str, visible: Visible = _everything
+    deps: StreamDeps, after: str, visible: Visible = _everything, slot: Slot | None = None
 ) -> AsyncIterator[bytes]:
     """The activity feed as SSE, after stream id ``after`` (``GET /v1/activity``), of the
     sessions ``visible`` to the viewer."""
@@ -87,6 +89,8 @@ async def activity_frames(
     gauge = metrics.open_streams.labels("activity")
     gauge.inc()
     try:
+        if slot is not None:
+            await slot.hold(hub, sub)
         await hub.subscribe(streams.activity_channel, sub)
         yield f"retry: {settings.sse_retry_ms}\n\n".encode()
         backlog = [f"{i}\t{p}" for i, p in await streams.read_activity(after)]
@@ -98,14 +102,19 @@ async def activity_frames(
             if sub.draining:
                 yield drain_frame(settings)
                 return
+            if sub.kicked:
+                yield SUPERSEDED
+                return
             sub.wakeup.clear()
-            if inbox or sub.draining:
+            if inbox or sub.draining or sub.kicked:
                 continue
             if not await wait_event(sub.wakeup, settings.heartbeat_interval):
                 yield b": hb\n\n"
     finally:
         hub.unsubscribe(streams.activity_channel, sub)
         gauge.dec()
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await release_slot(streams, hub, slot, sub)
 
 
 class MuxStream:
@@ -116,10 +125,17 @@ class MuxStream:
     """
 
     def __init__(
-        self, deps: StreamDeps, *, mux_id: str, token: str, visible: Visible = _everything
+        self,
+        deps: StreamDeps,
+        *,
+        mux_id: str,
+        token: str,
+        visible: Visible = _everything,
+        slot: Slot | None = None,
     ) -> None:
         self.deps = deps
         self.visible = visible
+        self.slot = slot
         self.streams, self.hub = deps.streams, deps.hub
         self.settings, self.metrics = deps.settings, deps.metrics
         self.mux_id, self.token = mux_id, token
@@ -152,6 +168,8 @@ class MuxStream:
         try:
             # Wake the merge loop on take-over too, not only on control frames.
             ctl.wakeup = act.wakeup = self.wake
+            if self.slot is not None:
+                await self.slot.hold(self.hub, ctl)  # an eviction kicks ctl: superseded
             await self.hub.subscribe(ctl_channel, ctl)
             # A newer attach may have announced itself before this stream listened.
             if await self.streams.mux_token(self.mux_id) != self.token:
@@ -166,7 +184,7 @@ class MuxStream:
             while True:
                 self.wake.clear()
                 if ctl.kicked:
-                    yield b'event: close\ndata: {"reason":"superseded"}\n\n'
+                    yield SUPERSEDED
                     return
                 if ctl.draining:
                     yield drain_frame(self.settings)
@@ -195,6 +213,8 @@ class MuxStream:
             # The response is being cancelled (client gone): shield the bounded teardown.
             with anyio.CancelScope(shield=True):
                 await self._stop_all()
+                with contextlib.suppress(Exception):
+                    await release_slot(self.streams, self.hub, self.slot, ctl)
 
     async def _stop_all(self) -> None:
         """Cancel every pump, draining the queue so none stays blocked on a full one."""

@@ -24,6 +24,11 @@ key of one session lives on one shard and its scripts stay single-slot):
                                 connection id, ``a:<sid>`` → subscribed; expires when unused
 ``gw:{m:<mux>}:ctl``            Pub/Sub channel: subscription changes (``S``/``D`` frames)
                                 and take-overs (``K``) for the mux's live stream
+``gw:{u:<h>}:slots``            sorted set: a token subject's open streams (slot id → start
+                                ms); ``<h>`` is a hash of the subject
+``gw:{u:<h>}:ctl``              Pub/Sub channel: ``X`` frames ending an evicted slot's stream
+``gw:{u:<h>}:rate:<minute>``    counter: streams and connections the subject opened that
+                                minute (expires)
 ==============================  ==========================================================
 
 Wire format of a live ``E`` frame: ``E\t<epoch>`` then one line per event,
@@ -36,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -208,6 +214,7 @@ class Streams:
         self._commit = _Script(redis, "commit.lua")
         self._activity = _Script(redis, "activity.lua")
         self._lease = _Script(redis, "lease.lua")
+        self._slots = _Script(redis, "slots.lua")
 
     async def _pipeline(self, build: Callable[[Pipeline], object], *, atomic: bool) -> list[Any]:
         """Queue commands with ``build`` and run them in one round trip per node.
@@ -569,6 +576,50 @@ class Streams:
             _conn(cid, raw) if raw else None for (_, cid), raw in zip(pairs, replies, strict=True)
         ]
 
+    # --- per-subject limits -------------------------------------------------------------------
+    def _subject(self, subject: str) -> str:
+        digest = hashlib.sha1(subject.encode()).hexdigest()[:16]  # any subject is a safe tag
+        return f"{self.prefix}:{{u:{digest}}}"
+
+    def subject_channel(self, subject: str) -> str:
+        """The channel that ends a subject's evicted streams (``X\t<slot>`` frames)."""
+        return f"{self._subject(subject)}:ctl"
+
+    async def open_slot(self, subject: str, slot: str, limit: int, max_age_s: float) -> int:
+        """Register a stream of ``subject``; evicts its oldest beyond ``limit``. Returns the
+        number evicted (each is told on :meth:`subject_channel`)."""
+        res = await self._slots(
+            keys=[f"{self._subject(subject)}:slots"],
+            args=[
+                "open",
+                slot,
+                limit,
+                int(max_age_s * 1000),
+                self.subject_channel(subject),
+                self.publish_command,
+            ],
+        )
+        return int(res)
+
+    async def close_slot(self, subject: str, slot: str) -> None:
+        """Forget an ended stream of ``subject``."""
+        await self._slots(
+            keys=[f"{self._subject(subject)}:slots"], args=["close", slot, 0, 0, "", ""]
+        )
+
+    async def hit_rate(self, subject: str, window_s: int = 60) -> tuple[int, int]:
+        """Count one stream or connection opened by ``subject`` in the current fixed window.
+
+        Returns (count in this window, seconds until the window ends).
+        """
+        now = int(time.time())
+        window = now // window_s
+        key = f"{self._subject(subject)}:rate:{window}"
+        count, _ = await self._pipeline(
+            lambda p: (p.incr(key), p.expire(key, window_s + 1)), atomic=True
+        )
+        return int(count), (window + 1) * window_s - now
+
     # --- snapshots ---------------------------------------------------------------------------
     async def load_snapshot(self, sid: str) -> tuple[str, str] | None:
         """The stored snapshot as (offset, state JSON), or None."""
@@ -625,3 +676,233 @@ class Streams:
     async def ack_command(self, command_id: str) -> None:
         """Acknowledge a processed command (XACK)."""
         await self.redis.xack(self._commands_key, COMMAND_GROUP, command_id)
+
+
+# --- Durable Streams ---------------------------------------------------------------------------
+# The Redis side of the Durable Streams endpoint (gateway/durable.py): one hash tag per stream
+# path, binary-safe scripts (replies are read as bytes: message data is arbitrary bytes).
+
+_DS_RAW: dict[str, Any] = {"NEVER_DECODE": []}  # redis-py option: do not decode the reply
+DS_ZERO_OFFSET = "0000000000000000_0000000000000000"
+
+
+def ds_offset(n: int, b: int) -> str:
+    """A Durable Streams offset: message number and byte position, 16 digits each."""
+    return f"{n:016d}_{b:016d}"
+
+
+def _ds_str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _RawScript(_Script):
+    """A :class:`_Script` whose reply is not decoded (it carries message bytes)."""
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[str | int | bytes]) -> Any:
+        try:
+            return await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self.sha, len(keys), *keys, *args, **_DS_RAW
+            )
+        except NoScriptError:
+            return await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "EVAL", self.source, len(keys), *keys, *args, **_DS_RAW
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class DsMessage:
+    """One stored message: number ``n``, byte position ``b`` after it, and its bytes."""
+
+    n: int
+    b: int
+    data: bytes
+
+    @property
+    def offset(self) -> str:
+        """The offset just after this message."""
+        return ds_offset(self.n, self.b)
+
+
+@dataclass(frozen=True, slots=True)
+class DsMeta:
+    """A stream's metadata (see the ``gw:{ds:<path>}:m`` fields in the module docstring)."""
+
+    gen: str
+    content_type: str
+    normalized_type: str
+    n: int
+    b: int
+    closed: bool
+    ttl: int | None
+    expires_at: str | None
+    fork_n: int
+    ancestry: tuple[tuple[str, int, int], ...]
+
+    @property
+    def tail(self) -> str:
+        """The offset after the last message (where a reader is up to date)."""
+        return ds_offset(self.n, self.b)
+
+    @classmethod
+    def parse(cls, flat: Sequence[Any]) -> DsMeta:
+        """From a flat HGETALL reply (bytes or text)."""
+        raw = {_ds_str(flat[i]): _ds_str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+        anc = json.loads(raw["anc"]) if raw.get("anc") else []
+        return cls(
+            gen=raw["gen"],
+            content_type=raw.get("ct", ""),
+            normalized_type=raw.get("nct", ""),
+            n=int(raw.get("n", 0)),
+            b=int(raw.get("b", 0)),
+            closed=raw.get("cl") == "1",
+            ttl=int(raw["ttl"]) if raw.get("ttl") else None,
+            expires_at=raw.get("ea") or None,
+            fork_n=int(raw.get("fo_n", 0)),
+            ancestry=tuple((str(p), int(lo), int(hi)) for p, lo, hi in anc),
+        )
+
+
+def _ds_messages(flat: Sequence[Any]) -> list[DsMessage]:
+    return [
+        DsMessage(int(flat[i]), int(flat[i + 1]), bytes(flat[i + 2]))
+        for i in range(0, len(flat) - 2, 3)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class DsAppendResult:
+    """What the append script answered: ``status`` and the tail after it (see ds_append.lua)."""
+
+    status: str
+    n: int
+    b: int
+    closed: bool
+    x: int
+    y: int
+
+    @property
+    def tail(self) -> str:
+        """The stream's tail offset after this request."""
+        return ds_offset(self.n, self.b)
+
+
+class DurableStreams:
+    """Every Redis operation of the Durable Streams endpoint; keys per stream path ``p``:
+
+    ``gw:{ds:p}:m`` metadata hash, ``gw:{ds:p}:l`` message log (a Stream, entry ``<n>-0``
+    with fields ``d`` data and ``b`` byte position), ``gw:{ds:p}:p`` producer states,
+    ``gw:{ds:p}:f`` the set of its forks (reference count), channel ``gw:{ds:p}:live``.
+    ``{``, ``}`` and ``%`` in a path are percent-encoded inside the hash tag.
+    """
+
+    def __init__(self, streams: Streams) -> None:
+        self.redis = streams.redis
+        self.prefix = streams.prefix
+        self.publish_command = streams.publish_command
+        self._create = _RawScript(self.redis, "ds_create.lua")
+        self._append = _RawScript(self.redis, "ds_append.lua")
+        self._read = _RawScript(self.redis, "ds_read.lua")
+        self._range = _RawScript(self.redis, "ds_range.lua")
+        self._ref = _RawScript(self.redis, "ds_ref.lua")
+        self._unref = _RawScript(self.redis, "ds_unref.lua")
+        self._delete = _RawScript(self.redis, "ds_delete.lua")
+
+    def _tag(self, path: str) -> str:
+        enc = path.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+        return f"{self.prefix}:{{ds:{enc}}}"
+
+    def _keys(self, path: str) -> list[str]:
+        tag = self._tag(path)
+        return [f"{tag}:m", f"{tag}:l", f"{tag}:p", f"{tag}:f"]
+
+    def channel(self, path: str) -> str:
+        """The Pub/Sub channel announcing the stream's appends, closes and deletion."""
+        return f"{self._tag(path)}:live"
+
+    async def create(
+        self, path: str, args: Sequence[str | bytes]
+    ) -> tuple[str, int, int, bool, str]:
+        """Run ds_create.lua with ``args`` (ARGV 1-19): (status, n, b, closed, content type)."""
+        res = await self._create(self._keys(path), args)
+        status, closed, ct = _ds_str(res[0]), _ds_str(res[3]) == "1", _ds_str(res[4])
+        return status, int(res[1]), int(res[2]), closed, ct
+
+    async def append(self, path: str, args: Sequence[str | bytes]) -> DsAppendResult:
+        """Run ds_append.lua with ``args`` (ARGV 1-9 and 12-13; the channel is added)."""
+        full = [*args[:9], self.channel(path), self.publish_command, *args[9:]]
+        res = await self._append(self._keys(path), full)
+        return DsAppendResult(
+            _ds_str(res[0]),
+            int(res[1]),
+            int(res[2]),
+            _ds_str(res[3]) == "1",
+            int(res[4]),
+            int(res[5]),
+        )
+
+    async def read(
+        self, path: str, mode: str, after: int = 0, count: int = 0, max_bytes: int = 0
+    ) -> tuple[str, DsMeta | None, list[DsMessage]]:
+        """``head`` / ``tail`` / ``read`` (see ds_read.lua): (status, meta, own messages)."""
+        res = await self._read(self._keys(path), [mode, after, count, max_bytes])
+        status = _ds_str(res[0])
+        if status != "ok":
+            return status, None, []
+        return status, DsMeta.parse(res[1]), _ds_messages(res[2])
+
+    async def range(
+        self, path: str, after: int, upto: int, count: int, max_bytes: int
+    ) -> list[DsMessage]:
+        """Messages ``after < n <= upto`` of one log (an ancestor's, for a fork's reads)."""
+        res = await self._range([self._keys(path)[1]], [after, upto, count, max_bytes])
+        return _ds_messages(res)
+
+    async def ref(
+        self, source: str, child: str, normalized_type: str, fork_n: int | None, fork_b: int
+    ) -> tuple[str, DsMeta | None, int, int]:
+        """Take ``child``'s reference on ``source``: (status, source meta, fork n, fork b)."""
+        res = await self._ref(
+            self._keys(source),
+            [child, normalized_type, "" if fork_n is None else fork_n, fork_b],
+        )
+        status = _ds_str(res[0])
+        if status != "ok":
+            return status, None, 0, 0
+        return status, DsMeta.parse(res[1]), int(res[2]), int(res[3])
+
+    async def release(self, source: str, child: str) -> None:
+        """Drop ``child``'s reference on ``source``, deleting soft-deleted sources up the
+        chain whose last fork went (cascade)."""
+        while source:
+            res = await self._unref(
+                self._keys(source), [child, self.channel(source), self.publish_command]
+            )
+            if _ds_str(res[0]) != "deleted":
+                return
+            child, source = source, _ds_str(res[1])
+
+    async def delete(self, path: str) -> str:
+        """Delete the stream (ds_delete.lua) and release its source: the status."""
+        res = await self._delete(self._keys(path), [self.channel(path), self.publish_command])
+        status, source = _ds_str(res[0]), _ds_str(res[1])
+        if source:
+            await self.release(source, path)
+        return status
+
+    async def forks(self, path: str) -> list[str]:
+        """The paths holding a reference on this stream."""
+        members = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "SMEMBERS", self._keys(path)[3], **_DS_RAW
+        )
+        return [_ds_str(m) for m in members]
+
+    async def exists(self, path: str) -> bool:
+        """Whether the stream's metadata exists (expired keys count as gone)."""
+        return bool(await self.redis.exists(self._keys(path)[0]))
+
+    async def collect(self, path: str) -> None:
+        """Drop references held by forks that no longer exist (they expired: key expiry
+        tells nobody), so a soft-deleted or expired source can finally go."""
+        for child in await self.forks(path):
+            if not await self.exists(child):
+                await self.release(path, child)

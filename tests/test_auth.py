@@ -256,3 +256,74 @@ async def test_client_stream_of_a_visible_session_works_end_to_end(secured, clie
         frame = await stream.next(timeout=10)
     assert frame.json()["data"] == {"title": "hello"}
     assert isinstance(httpx.URL(secured.url).port, int)
+
+
+@pytest.fixture(scope="module")
+def limited(redis_server: RedisServer) -> Iterator[Gateway]:
+    gw = Gateway(
+        redis_server.url,
+        jwt_secret=SECRET,
+        heartbeat_interval=1.0,
+        max_streams_per_subject=2,
+        connection_rate=6,
+        cors_origins='["https://app.example"]',
+    )
+    yield gw
+    gw.stop()
+
+
+async def test_oldest_stream_of_a_subject_is_superseded_past_the_limit(limited, client, sid):
+    dave = bearer("dave", ["*"], ["view"])
+    url = f"{limited.url}/v1/sessions/{sid}/events?from=start"
+    async with (
+        sse(client, url, headers=dave) as first,
+        sse(client, url, headers=dave) as second,
+        sse(client, url, headers=dave) as third,
+    ):
+        frame = await first.next(timeout=10)
+        assert frame.event == "close" and frame.json() == {"reason": "superseded"}
+        with pytest.raises(StopAsyncIteration):
+            await first.next(timeout=10)
+        assert await second.nothing_for(0.5) and await third.nothing_for(0.1)
+    # Another subject is not affected by dave's streams.
+    async with sse(client, url, headers=bearer("erin", ["*"], ["view"])) as other:
+        assert await other.nothing_for(0.3)
+
+
+async def test_stream_and_connection_opening_is_rate_limited_per_subject(limited, client, sid):
+    frank = bearer("frank", ["*"], ["view"])
+    codes = []
+    for _ in range(8):
+        r = await client.post(
+            f"{limited.url}/v1/sessions/{sid}/connections", headers=frank, json={}
+        )
+        codes.append(r.status_code)
+    assert codes.count(201) == 6 and codes[-1] == 429, codes
+    assert r.json()["code"] == "rate_limited" and 1 <= int(r.headers["retry-after"]) <= 61
+    other = bearer("grace", ["*"], ["view"])
+    r = await client.post(f"{limited.url}/v1/sessions/{sid}/connections", headers=other, json={})
+    assert r.status_code == 201
+
+
+async def test_cors_is_off_by_default_and_cross_site_writes_are_refused(
+    secured, limited, client, sid
+):
+    pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    r = await client.options(f"{secured.url}/v1/sessions", headers=pre)
+    assert "access-control-allow-origin" not in r.headers  # off by default
+    r = await client.options(f"{limited.url}/v1/sessions", headers=pre)
+    assert r.headers.get("access-control-allow-origin") == "https://app.example"
+    url = f"{secured.url}/v1/sessions/team-a-{sid}/runs"
+    body = {"input": "hi"}
+    evil = {**ALICE, "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    r = await client.post(url, headers=evil, json=body)
+    assert r.status_code == 403 and r.json()["code"] == "cross_site"
+    host = secured.url.split("//")[1]
+    r = await client.post(url, headers={**ALICE, "Origin": "https://evil.example"}, json=body)
+    assert r.status_code == 403  # no Sec-Fetch-Site: the Origin is checked against Host
+    same = {**ALICE, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
+    assert (await client.post(url, headers=same, json=body)).status_code == 202
+    # An allowed origin passes on the gateway that lists it.
+    url2 = f"{limited.url}/v1/sessions/team-a-{sid}-2/runs"
+    ok = {**ALICE, "Origin": "https://app.example", "Sec-Fetch-Site": "cross-site"}
+    assert (await client.post(url2, headers=ok, json=body)).status_code == 202
