@@ -30,10 +30,51 @@ const LIST_REFRESH_MS = 30000; // safety net only: the activity feed drives the 
 const PENDING_START_TIMEOUT_MS = 10000;
 const NEAR_BOTTOM_PX = 64;
 
+// ---- access token --------------------------------------------------------------------
+// A gateway with a token key wants a JWT. The viewer takes it from its URL (#token=<jwt> or
+// ?token=<jwt>), removes it from the address bar (and so from history, bookmarks and
+// screenshots) and keeps it in sessionStorage: this tab's reloads keep working, other tabs
+// and later visits need their own link.
+
+const TOKEN_KEY = 'gw.token';
+
+/** The token in the page URL, removed from it; null when there is none. */
+function takeTokenFromUrl() {
+  let token = null;
+  const url = new URL(location.href);
+  if (url.searchParams.has('token')) {
+    token = url.searchParams.get('token') || null;
+    url.searchParams.delete('token');
+  }
+  // The hash also carries the session (#s=…): keep the other parts as they are.
+  const parts = url.hash.replace(/^#/, '').split('&').filter(Boolean);
+  const rest = parts.filter((p) => !p.startsWith('token='));
+  if (rest.length !== parts.length) {
+    const raw = parts.find((p) => p.startsWith('token=')).slice('token='.length);
+    try { token = decodeURIComponent(raw) || token; } catch { token = raw || token; }
+    url.hash = rest.length ? `#${rest.join('&')}` : '';
+  }
+  if (url.href !== location.href) history.replaceState(history.state, '', url.href);
+  return token;
+}
+
+function storedToken() {
+  try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; }
+}
+
+function storeToken(token) {
+  try { sessionStorage.setItem(TOKEN_KEY, token); } catch { /* storage disabled */ }
+}
+
+let accessToken = takeTokenFromUrl();
+if (accessToken) storeToken(accessToken);
+else accessToken = storedToken();
+
 const params = new URLSearchParams(location.search);
 const transportParam = params.get('transport');
 const client = new GatewayClient({
   transport: transportParam === 'broadcast' || transportParam === 'shared-worker' ? transportParam : 'auto',
+  accessToken: accessToken || undefined,
 });
 
 let current = null; // viewed session id
@@ -817,6 +858,20 @@ client.on('read', scheduleSidebar);
 client.on('status', showStatus);
 client.on('transport', showTransport);
 client.on('mux', showTransport);
+client.on('auth', (problem) => {
+  if (!problem) {
+    dismissToast('auth');
+    return;
+  }
+  const why = {
+    token_expired: 'Your access token has expired.',
+    unauthorized: 'This gateway needs an access token.',
+    invalid_token: 'The gateway does not accept this access token.',
+    forbidden: 'Your access token does not allow viewing sessions.',
+  }[problem.code] || `The gateway refuses access (${problem.code}).`;
+  toast(`${why} Open the viewer with a new link ending in #token=<jwt>; retrying meanwhile…`,
+    { key: 'auth', tone: 'error', timeout: 0 });
+});
 client.on('error', ({ sessionId, message, fatal }) => {
   if (sessionId !== current) return;
   toast(fatal ? `Cannot open this session: ${message}` : `Could not load this session (${message}); retrying…`,
@@ -872,6 +927,14 @@ els.jump.addEventListener('click', () => {
 
 // Back/forward between #s= entries; browsers differ in which of the two fires.
 function followHash() {
+  const token = takeTokenFromUrl(); // a new link pasted into this tab
+  if (token && token !== accessToken) {
+    accessToken = token;
+    storeToken(token);
+    client.setAccessToken(token);
+    if (wakeInit) wakeInit(); // the first load is waiting to retry: now
+    else refreshSessionsIfVisible({ force: true });
+  }
   const sid = sessionFromHash();
   if (sid && sid !== current) select(sid, { replace: true });
 }
@@ -899,6 +962,8 @@ window.addEventListener('pageshow', (ev) => {
 
 window.gatewayApp = { client, currentSession: () => current };
 
+let wakeInit = null; // ends init()'s wait before it retries loading the sessions
+
 async function init() {
   // Until the hub answers, we are connecting: say so rather than flash "offline".
   showStatus(client.status === 'offline' ? 'reconnecting' : client.status);
@@ -912,7 +977,11 @@ async function init() {
       break;
     } catch (err) {
       toast(`Could not load sessions, retrying: ${err.message}`, { key: 'list', tone: 'error', timeout: delay });
-      await new Promise((resolve) => { setTimeout(resolve, delay); });
+      await new Promise((resolve) => {
+        wakeInit = resolve;
+        setTimeout(resolve, delay);
+      });
+      wakeInit = null;
     }
   }
   if (current) return; // from the hash, or the user picked or created one meanwhile

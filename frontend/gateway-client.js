@@ -10,7 +10,7 @@
 // time, so the pure fold (applyEvent) can be imported and tested in Node.
 
 import { applyEvent, laterOffset, normalizeState, offsetAfter, parseOffset } from './gateway-fold.js';
-import { GatewayHub, readResponse, requestInit } from './gateway-hub.js';
+import { GatewayHub, readResponse, requestInit, withToken } from './gateway-hub.js';
 
 export {
   EVENT_TYPES, applyEvent, emptyState, laterOffset, offsetAfter, parseOffset,
@@ -73,8 +73,12 @@ function randomId() {
  * - `read` (): committed / processed offsets moved; recompute unread markers
  * - `transport` (transport): 'shared-worker' | 'broadcast-leader' | 'broadcast-follower'
  * - `mux` (muxId): the browser's mux id changed
- * - `error` ({sessionId, message, fatal}): loading a session keeps failing (the hub
- *   retries unless `fatal`, e.g. an invalid session id)
+ * - `error` ({sessionId, message, fatal, status, code}): loading a session keeps failing
+ *   (the hub retries unless `fatal`, e.g. an invalid session id, or 403 forbidden)
+ * - `auth` (problem | null): the gateway refuses the browser's token even after asking for
+ *   a fresh one, `{status: 401, code: 'token_expired'|'invalid_token'|'unauthorized',
+ *   message}` (or 403 `forbidden` for a token without `view`); null once accepted again.
+ *   The hub keeps retrying with backoff.
  */
 export class GatewayClient {
   /**
@@ -91,6 +95,12 @@ export class GatewayClient {
    * @param {number} [options.unsubscribeGraceMs] default 1500 (hub side): how long a
    *   session no tab views stays subscribed; 0 unsubscribes at once
    *   (hub options apply when this tab's hello creates the hub)
+   * @param {string|(() => string|null|Promise<string|null>)} [options.accessToken] the JWT
+   *   the gateway requires (when it runs with a token key). A function is called before
+   *   this tab connects to the hub and before each request it makes, and whenever the hub
+   *   asks for a fresh token (before it reconnects, when the token is about to expire,
+   *   on a 401); the hub, shared by every tab of the browser, uses the latest token any
+   *   tab gave it.
    */
   constructor(options = {}) {
     this.baseUrl = (options.baseUrl ?? '').replace(/\/+$/, '');
@@ -102,17 +112,22 @@ export class GatewayClient {
     this._ackIntervalMs = options.ackIntervalMs ?? 1000;
     this._maxBackoffMs = options.maxBackoffMs ?? 10000;
     this._graceMs = options.unsubscribeGraceMs;
+    this._accessToken = options.accessToken ?? null;
+    this._lastToken = null; // what the option last yielded (a beacon needs it synchronously)
+    this._sentToken = null; // the last token posted to the hub
 
     /** @type {'shared-worker'|'broadcast-leader'|'broadcast-follower'|null} */
     this.transport = null;
     /** @type {'live'|'reconnecting'|'offline'|'superseded'} */
     this.status = 'offline';
+    /** @type {{status: number, code: string, message: string}|null} see the `auth` event */
+    this.authError = null;
     /** Read by tests: EventSources open in THIS tab (1 only in the broadcast leader). */
     this.debug = { openEventSources: 0, hub: null };
 
     this._listeners = {
       event: new Set(), state: new Set(), status: new Set(), activity: new Set(),
-      read: new Set(), transport: new Set(), mux: new Set(), error: new Set(),
+      read: new Set(), transport: new Set(), mux: new Set(), error: new Set(), auth: new Set(),
     };
     this._views = new Set(); // sessions this tab views
     this._viewing = null; // the one passed to view()
@@ -142,7 +157,7 @@ export class GatewayClient {
   // ---- listeners --------------------------------------------------------------
 
   /**
-   * @param {'event'|'state'|'status'|'activity'|'read'|'transport'|'mux'|'error'} name
+   * @param {'event'|'state'|'status'|'activity'|'read'|'transport'|'mux'|'error'|'auth'} name
    * @param {Function} fn
    * @returns {() => void} unsubscribe
    */
@@ -241,6 +256,46 @@ export class GatewayClient {
       read = this._baseline.get(sid);
     }
     return offsetAfter(session.last_offset, read);
+  }
+
+  // ---- access token -----------------------------------------------------------
+
+  /**
+   * The current token: the option's string, or what its function returns now. A function
+   * that throws leaves the last token in use. A token that changed is posted to the hub.
+   * @returns {Promise<string|null>}
+   */
+  async _getToken() {
+    const opt = this._accessToken;
+    let token = null;
+    if (typeof opt === 'function') {
+      try {
+        token = await opt();
+      } catch (err) {
+        console.warn('gateway: the accessToken function failed', err);
+        token = this._lastToken;
+      }
+    } else {
+      token = opt;
+    }
+    token = typeof token === 'string' && token ? token : null;
+    this._lastToken = token;
+    if (token && token !== this._sentToken && this._conn?.helloSent && !this._closed) {
+      this._sentToken = token;
+      this._send({ t: 'token', token, refreshable: typeof this._accessToken === 'function' });
+    }
+    return token;
+  }
+
+  /**
+   * Replace the `accessToken` option (a string or a function) and hand the new token to
+   * the hub at once, e.g. when the page's login refreshed it.
+   * @param {string|(() => string|null|Promise<string|null>)|null} accessToken
+   * @returns {Promise<string|null>} the token now in use
+   */
+  setAccessToken(accessToken) {
+    this._accessToken = accessToken ?? null;
+    return this._getToken();
   }
 
   // ---- transport --------------------------------------------------------------
@@ -403,9 +458,12 @@ export class GatewayClient {
     });
   }
 
-  _hello() {
+  async _hello() {
     const conn = this._conn;
     if (!conn || this._closed) return;
+    // The token first: the hub makes its first requests as soon as a hello arrives.
+    const token = await this._getToken();
+    if (conn !== this._conn || this._closed) return; // replaced meanwhile: it says hello itself
     const have = {};
     for (const sid of this._views) {
       const s = this._sessions.get(sid);
@@ -424,7 +482,11 @@ export class GatewayClient {
       views: [...this._views],
       have,
       lock: conn.hub ? null : conn.lock,
+      token,
+      refreshable: typeof this._accessToken === 'function',
     });
+    this._sentToken = token;
+    conn.helloSent = true;
   }
 
   _send(msg) {
@@ -453,7 +515,21 @@ export class GatewayClient {
         this._mergeRead(this._committed, msg.committed);
         this._subs = new Set(msg.subs || []);
         this._setStatus(msg.status);
+        this._setAuthError(msg.auth ?? null);
         this._emit('read');
+        break;
+      case 'token?':
+        // The hub needs a fresh token: answer even when it did not change, so that the
+        // hub stops waiting.
+        this._getToken().then((token) => {
+          if (!this._closed) {
+            this._sentToken = token;
+            this._send({ t: 'token', token, refreshable: typeof this._accessToken === 'function' });
+          }
+        });
+        break;
+      case 'auth':
+        this._setAuthError(msg.problem ?? null);
         break;
       case 'mux':
         this._committed.clear();
@@ -478,7 +554,13 @@ export class GatewayClient {
         this._emit('read');
         break;
       case 'error':
-        this._emit('error', { sessionId: msg.sid, message: msg.message, fatal: Boolean(msg.fatal) });
+        this._emit('error', {
+          sessionId: msg.sid,
+          message: msg.message,
+          fatal: Boolean(msg.fatal),
+          status: msg.status ?? null,
+          code: msg.code ?? null,
+        });
         break;
       case 'described': {
         const resolve = this._describeWaiters.get(msg.id);
@@ -489,6 +571,14 @@ export class GatewayClient {
       default:
         break;
     }
+  }
+
+  _setAuthError(problem) {
+    const prev = this.authError;
+    if (!problem && !prev) return;
+    if (problem && prev && problem.code === prev.code && problem.status === prev.status) return;
+    this.authError = problem;
+    this._emit('auth', problem);
   }
 
   _mergeRead(map, offsets) {
@@ -629,8 +719,14 @@ export class GatewayClient {
     return this.baseUrl + path;
   }
 
+  /** A request with the current token; on a 401, once more with a fresh one. */
   async _request(method, path, body) {
-    return readResponse(await this._fetch(this._url(path), requestInit(method, body)));
+    const token = await this._getToken();
+    const r = await readResponse(await this._fetch(this._url(path), requestInit(method, body, token)));
+    if (r.status !== 401 || typeof this._accessToken !== 'function') return r;
+    const fresh = await this._getToken();
+    if (!fresh || fresh === token) return r;
+    return readResponse(await this._fetch(this._url(path), requestInit(method, body, fresh)));
   }
 
   async _call(method, path, body) {
@@ -746,7 +842,8 @@ export class GatewayClient {
         if (s.offset && offsetAfter(s.offset, this._committed.get(sid) ?? null)) offsets[sid] = s.offset;
       }
       if (mux && Object.keys(offsets).length) {
-        url = this._url(`/v1/mux/${enc(mux)}/ack`);
+        // sendBeacon cannot set headers: the token goes in the query (access_token).
+        url = withToken(this._url(`/v1/mux/${enc(mux)}/ack`), this._lastToken);
         body = JSON.stringify({ offsets });
       }
     }

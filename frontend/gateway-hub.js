@@ -8,12 +8,22 @@
 // No DOM and no storage here: a SharedWorker has neither localStorage nor sendBeacon.
 // Tabs keep the mux id in localStorage and hand it to the hub in their hello.
 //
+// Tokens (GatewayClient option accessToken): a function cannot be posted to a worker, so
+// tabs post token STRINGS: in their hello, whenever the value their option yields changes,
+// and in answer to the hub's {t:'token?'}. The hub uses the latest one it got for every
+// request (Authorization: Bearer) and in the EventSource and beacon URLs (?access_token=).
+// It asks the tabs whose option is a function for a fresh token before each (re)connect,
+// when the token is about to expire, and once on a 401 (then retries the request once).
+//
 // PROTOCOL (all messages are plain objects with a `t` field)
 //   tab -> hub
-//     {t:'hello', tab, mux, views:[sid], have:{sid:{state, offset}}, lock}
+//     {t:'hello', tab, mux, views:[sid], have:{sid:{state, offset}}, lock, token, refreshable}
 //         register a tab; `mux` is its stored mux id (may be null), `have` the states it
 //         already holds (used to seed a fresh hub without a snapshot), `lock` the name of
-//         a Web Lock the tab holds while alive (the hub learns the tab died when it frees)
+//         a Web Lock the tab holds while alive (the hub learns the tab died when it frees),
+//         `token` its access token (or null), `refreshable` whether it can mint new ones
+//     {t:'token', tab, token, refreshable}  the tab's current access token (it changed, or
+//                                    the hub asked for it)
 //     {t:'views', tab, sids:[sid]}   the full set of sessions the tab views now
 //     {t:'sync', tab, sid}           send me this session's state again
 //     {t:'reconnect', tab}           user asked to reconnect (resets 'superseded')
@@ -31,8 +41,12 @@
 //     {t:'read', offsets:{sid:offset}}  committed offsets that moved (after an ack)
 //     {t:'subs', sids:[sid], held:{sid:offset}}  sessions viewed by some tab; how far the
 //                                    hub processed each session it holds
-//     {t:'error', sid, message, fatal}  loading a session keeps failing (the hub retries
-//                                    unless fatal, e.g. 400 invalid_id)
+//     {t:'error', sid, message, fatal, status, code}  loading a session keeps failing (the
+//                                    hub retries unless fatal, e.g. 400 invalid_id, 403)
+//     {t:'token?'}                   send me a fresh access token ({t:'token'}); only to
+//                                    tabs that said they are `refreshable`
+//     {t:'auth', problem}            the gateway refuses the hub's token even after a
+//                                    refresh: {status, code, message}; null once it works
 
 import { applyEvent, laterOffset, normalizeState, parseOffset } from './gateway-fold.js';
 
@@ -42,9 +56,11 @@ export const HUB_PROTOCOL = 1;
  * fetch() options for a JSON request to the gateway (`body` undefined: no body).
  * @param {string} method
  * @param {unknown} [body]
+ * @param {string|null} [token] access token, sent as `Authorization: Bearer`
  */
-export function requestInit(method, body) {
+export function requestInit(method, body, token) {
   const init = { method, headers: { Accept: 'application/json' } };
+  if (token) init.headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
@@ -70,6 +86,35 @@ export async function readResponse(res) {
     code: res.ok ? null : (data && data.code) || `http_${res.status}`,
     message: (data && data.message) || '',
   };
+}
+
+/**
+ * `path` with `?access_token=` (or `&…`) appended when there is a token: for the
+ * EventSource and sendBeacon, which cannot set headers.
+ * @param {string} url
+ * @param {string|null} [token]
+ */
+export function withToken(url, token) {
+  if (!token) return url;
+  return `${url}${url.includes('?') ? '&' : '?'}access_token=${encodeURIComponent(token)}`;
+}
+
+/**
+ * The unverified claims of a JWT (`sub`, `exp`, …), or null. Only to plan refreshes and
+ * notice a change of user: the gateway verifies tokens, the browser cannot.
+ * @param {string|null} token
+ */
+export function tokenClaims(token) {
+  if (typeof token !== 'string') return null;
+  const part = token.split('.')[1];
+  if (!part) return null;
+  try {
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(part.length / 4) * 4, '=');
+    const claims = JSON.parse(atob(b64));
+    return claims && typeof claims === 'object' ? claims : null;
+  } catch {
+    return null;
+  }
 }
 
 const ES_CONNECTING = 0;
@@ -100,6 +145,10 @@ const UNSUBSCRIBE_GRACE_MS = 1500;
  */
 const ADOPT_MAX_BEHIND = 500;
 const WATCHDOG_TICK_MS = 4000;
+/** How long the hub waits for a tab to answer {t:'token?'}. */
+const TOKEN_WAIT_MS = 3000;
+/** A token expiring within this long is refreshed before the next request or connect. */
+const TOKEN_EARLY_MS = 30000;
 
 class HttpError extends Error {
   constructor(r) {
@@ -130,6 +179,7 @@ export class GatewayHub {
    * @param {number} [opts.unsubscribeGraceMs] default 1500
    * @param {(es: EventSource|null) => void} [opts.onStream] told when the EventSource changes
    * @param {(tab: string) => void} [opts.onTabGone] told when a tab is forgotten
+   * @param {string} [opts.accessToken] a first token; tabs send theirs in hello and 'token'
    */
   constructor(opts) {
     this.baseUrl = (opts.baseUrl ?? '').replace(/\/+$/, '');
@@ -173,6 +223,18 @@ export class GatewayHub {
     this._log = []; // recent requests and decisions, for describe()
     this._acking = false;
     this._subsKey = '';
+
+    /** The latest access token a tab gave us (null: none; the gateway may not need one). */
+    this._token = typeof opts.accessToken === 'string' && opts.accessToken ? opts.accessToken : null;
+    this._tokenWaiters = new Set(); // resolve functions of a pending {t:'token?'}
+    this._tokenAsk = null; // Promise while tabs are asked for a fresh token
+    this._staleAsks = 0; // asks in a row that brought no new token after a 401
+    this._nextStaleAsk = 0; // no new ask for the same refused token before then
+    this._nextEarlyAsk = 0;
+    this._askedAt = 0; // when tabs last answered {t:'token?'} (or the wait timed out)
+    this._wakers = new Set(); // end the backoff of the mux loops early (a new token came)
+    /** {status, code, message} while the gateway refuses our token, else null. */
+    this.authProblem = null;
   }
 
   // ---- tabs -------------------------------------------------------------------
@@ -206,6 +268,12 @@ export class GatewayHub {
         break;
       }
       case 'describe': this._send([tab], { t: 'described', id: msg.id, data: this.describe() }); break;
+      case 'token': {
+        const info = this.tabs.get(tab);
+        if (info && typeof msg.refreshable === 'boolean') info.refreshable = msg.refreshable;
+        this._takeToken(msg.token);
+        break;
+      }
       case 'bye': this.removeTab(tab); break;
       default: break;
     }
@@ -216,7 +284,7 @@ export class GatewayHub {
     if (typeof tab !== 'string') return;
     let info = this.tabs.get(tab);
     if (!info) {
-      info = { lockAbort: null, views: new Set() };
+      info = { lockAbort: null, views: new Set(), refreshable: false };
       this.tabs.set(tab, info);
       if (msg.lock && this._locks) {
         // Granted only once the tab's own lock is freed: the tab closed or crashed
@@ -228,6 +296,8 @@ export class GatewayHub {
         }).catch(() => { /* aborted on bye */ });
       }
     }
+    info.refreshable = Boolean(msg.refreshable);
+    this._takeToken(msg.token);
     if (!this.muxId && !this._ready && typeof msg.mux === 'string' && msg.mux) this.muxId = msg.mux;
     this._start();
     this._send([tab], {
@@ -238,6 +308,7 @@ export class GatewayHub {
       status: this.status,
       committed: Object.fromEntries(this.committed),
       subs: this._subs(),
+      auth: this.authProblem,
     });
     this._setViews(tab, msg.views, msg.have);
   }
@@ -344,17 +415,157 @@ export class GatewayHub {
     return this.baseUrl + path;
   }
 
+  /**
+   * One request with the latest token. A token about to expire is refreshed first; on a
+   * 401 the tabs are asked for a fresh token once and the request is retried with it.
+   */
   async _request(method, path, body) {
-    const init = requestInit(method, body);
+    await this._refreshIfExpiring();
+    const token = this._token;
+    let r = await this._fetchOnce(method, path, body, token);
+    if (r.status === 401 && !this._closed) {
+      const fresh = await this._refreshToken(token);
+      if (fresh && fresh !== token) r = await this._fetchOnce(method, path, body, fresh);
+    }
+    if (r.status === 401) this._setAuthProblem(r);
+    else if (r.ok) this._setAuthProblem(null);
+    return r;
+  }
+
+  async _fetchOnce(method, path, body, token) {
     let res;
     try {
-      res = await this._fetch(this._url(path), init);
+      res = await this._fetch(this._url(path), requestInit(method, body, token));
     } catch (err) {
       this._note(`${method} ${path} failed: ${err.message}`);
       throw err;
     }
     if (method !== 'GET' || !res.ok) this._note(`${method} ${path} ${res.status}`);
     return readResponse(res);
+  }
+
+  // ---- access tokens ----------------------------------------------------------
+
+  /** A tab sent its token (hello, a change, or an answer to {t:'token?'}). */
+  _takeToken(token) {
+    const waiters = [...this._tokenWaiters];
+    this._tokenWaiters.clear();
+    if (typeof token === 'string' && token && token !== this._token) {
+      const before = tokenClaims(this._token);
+      this._token = token;
+      this._staleAsks = 0;
+      this._nextStaleAsk = 0;
+      this._nextEarlyAsk = 0;
+      const after = tokenClaims(token);
+      if (before && after && before.sub !== after.sub) {
+        this._userChanged(before.sub, after.sub);
+      } else if (this._started) {
+        // What the old token was refused may work now: sessions that failed (403), and
+        // a stream waiting out its backoff.
+        for (const e of this.sessions.values()) {
+          if (e.tabs.size && !e.subscribed && !e.resyncing && e.failures) this._kick(e);
+        }
+        if (this.authProblem && this._reopenTimer) this._reopen(0);
+      }
+      for (const wake of [...this._wakers]) wake();
+    }
+    for (const resolve of waiters) resolve();
+  }
+
+  /**
+   * Ask the refreshable tabs for a fresh token; resolves with the token then in use.
+   * `refused`: the token the gateway just refused (401). Asking again for the same
+   * refused token waits for a growing backoff, so a page whose token function keeps
+   * returning a dead token is not asked in a hot loop.
+   * @param {string|null} [refused]
+   */
+  async _refreshToken(refused) {
+    if (refused !== undefined && refused !== this._token) return this._token; // a newer one came
+    const tabs = [...this.tabs].filter(([, info]) => info.refreshable).map(([tab]) => tab);
+    if (!tabs.length || this._closed) return this._token;
+    if (!this._tokenAsk) {
+      // Tabs just answered (e.g. right before this reconnect): their answer is current.
+      if (Date.now() - this._askedAt < 1000) return this._token;
+      if (refused !== undefined && refused === this._token && Date.now() < this._nextStaleAsk) return this._token;
+      this._note('asking tabs for a fresh token');
+      this._tokenAsk = new Promise((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          this._tokenWaiters.delete(done);
+          this._askedAt = Date.now();
+          resolve();
+        };
+        const timer = setTimeout(done, TOKEN_WAIT_MS);
+        this._tokenWaiters.add(done);
+        this._send(tabs, { t: 'token?' });
+      }).finally(() => { this._tokenAsk = null; });
+    }
+    await this._tokenAsk;
+    if (refused !== undefined && refused === this._token) {
+      // Nothing new: back off before asking again for this token.
+      this._staleAsks += 1;
+      this._nextStaleAsk = Date.now() + Math.min(this._maxBackoffMs, 1000 * 2 ** Math.min(this._staleAsks, 6));
+    }
+    return this._token;
+  }
+
+  /** Before a request: a token expiring soon (per its unverified `exp`) is refreshed. */
+  async _refreshIfExpiring() {
+    const exp = tokenClaims(this._token)?.exp;
+    if (typeof exp !== 'number' || exp * 1000 - Date.now() > TOKEN_EARLY_MS) return;
+    if (Date.now() < this._nextEarlyAsk && !this._tokenAsk) return;
+    this._nextEarlyAsk = Date.now() + 5000;
+    await this._refreshToken();
+  }
+
+  _setAuthProblem(r) {
+    const problem = r ? { status: r.status, code: r.code, message: r.message || '' } : null;
+    const same = problem && this.authProblem && problem.code === this.authProblem.code;
+    if (same || (!problem && !this.authProblem)) return;
+    this.authProblem = problem;
+    if (problem) console.warn(`gateway hub: the gateway refuses the token (${problem.code})`);
+    this._send('*', { t: 'auth', problem });
+  }
+
+  /**
+   * The tabs now use another user's token. Muxes and their connections belong to the
+   * subject that created them, and states were loaded with the old user's rights: drop
+   * them and start over with a new mux.
+   */
+  _userChanged(from, to) {
+    this._note(`token subject changed from ${from} to ${to}`);
+    const muxId = this.muxId;
+    if (!muxId || this._closed) return; // the mux is being created: with the new token
+    this._closeStream();
+    for (const e of [...this.sessions.values()]) {
+      if (!e.tabs.size && !e.resyncing) {
+        clearTimeout(e.retryTimer);
+        this.sessions.delete(e.sid);
+        continue;
+      }
+      e.subscribed = false;
+      e.acked = null;
+      if (!e.resyncing) {
+        e.state = null;
+        e.offset = null;
+        e.buffer = [];
+      }
+    }
+    this._serverSubs.clear();
+    this._renewMux(muxId);
+  }
+
+  /** sleep(ms) of a retry loop; a new token ends it early (what failed may work now). */
+  _pause(ms) {
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this._wakers.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      this._wakers.add(wake);
+    });
   }
 
   // ---- mux lifecycle ----------------------------------------------------------
@@ -387,8 +598,9 @@ export class GatewayHub {
         return await this._createMux();
       } catch (err) {
         this._setStatus('offline');
+        if (err.status === 403) this._setAuthProblem(err); // a token without `view`
         console.warn('gateway hub: cannot open the mux, retrying', err);
-        await sleep(delay);
+        await this._pause(delay);
         delay = Math.min(delay * 2, this._maxBackoffMs);
       }
     }
@@ -444,7 +656,7 @@ export class GatewayHub {
         } catch (err) {
           if (this._closed) throw err;
           console.warn('gateway hub: cannot create a mux, retrying', err);
-          await sleep(delay);
+          await this._pause(delay);
           delay = Math.min(delay * 2, this._maxBackoffMs);
         }
       }
@@ -465,7 +677,7 @@ export class GatewayHub {
     this._reopenTimer = null;
     const gen = ++this._esGen;
     const muxId = this.muxId;
-    const es = new this._EventSource(this._url(`/v1/mux/${enc(muxId)}/events`));
+    const es = new this._EventSource(withToken(this._url(`/v1/mux/${enc(muxId)}/events`), this._token));
     this._es = es;
     this._onStream(es);
     if (this.status !== 'live') this._setStatus('reconnecting');
@@ -522,6 +734,8 @@ export class GatewayHub {
       const muxId = this.muxId;
       if (!muxId) return; // a renewal is under way and opens the stream itself
       try {
+        // The EventSource's token may be what failed (it cannot tell us): refresh first.
+        await this._refreshToken();
         const r = await this._request('GET', `/v1/mux/${enc(muxId)}`);
         if (r.status === 404) {
           this._renewMux(muxId);
@@ -530,7 +744,7 @@ export class GatewayHub {
         if (!r.ok) throw new HttpError(r);
         this._learnCommitted(r.data);
       } catch (err) {
-        console.warn('gateway hub: server unreachable, retrying', err);
+        console.warn('gateway hub: cannot reconnect, retrying', err);
         this._reopen();
         return;
       }
@@ -641,12 +855,14 @@ export class GatewayHub {
       if (this._closed) return;
       e.failures += 1;
       console.warn(`gateway hub: session ${e.sid}: ${err.message}`);
-      if (err.status === 400) {
-        // invalid_id and the like: retrying cannot help.
-        if (e.tabs.size) this._send([...e.tabs], { t: 'error', sid: e.sid, message: err.message, fatal: true });
+      const info = { t: 'error', sid: e.sid, message: err.message, status: err.status ?? null, code: err.code ?? null };
+      if (err.status === 400 || err.status === 403) {
+        // invalid_id and the like, or a token without rights on this session (403
+        // forbidden): retrying cannot help (a new token retries, see _takeToken).
+        if (e.tabs.size) this._send([...e.tabs], { ...info, fatal: true });
         return;
       }
-      if (e.failures >= 3 && e.tabs.size) this._send([...e.tabs], { t: 'error', sid: e.sid, message: err.message });
+      if (e.failures >= 3 && e.tabs.size) this._send([...e.tabs], { ...info, fatal: false });
       const delay = Math.min(this._maxBackoffMs, 500 * 2 ** Math.min(e.failures, 5));
       e.retryTimer = setTimeout(() => { e.retryTimer = null; this._kick(e); }, delay);
     });
@@ -901,7 +1117,8 @@ export class GatewayHub {
     const offsets = {};
     for (const e of dirty) offsets[e.sid] = e.offset;
     for (const e of dirty) e.acked = e.offset;
-    return { url: this._url(`/v1/mux/${enc(this.muxId)}/ack`), body: JSON.stringify({ offsets }) };
+    const url = withToken(this._url(`/v1/mux/${enc(this.muxId)}/ack`), this._token);
+    return { url, body: JSON.stringify({ offsets }) };
   }
 
   /** Stop everything (the leader tab leaves; the worker has no tab left). */
@@ -931,6 +1148,8 @@ export class GatewayHub {
       stalls: this.stalls,
       tabs: [...this.tabs.keys()],
       stream: this._es ? this._es.readyState : null,
+      token: this._token ? { sub: tokenClaims(this._token)?.sub ?? null, exp: tokenClaims(this._token)?.exp ?? null } : null,
+      auth: this.authProblem,
       sessions: [...this.sessions.values()].map((e) => ({
         sid: e.sid,
         offset: e.offset,

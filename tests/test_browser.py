@@ -469,3 +469,202 @@ def test_screenshots_desktop_and_narrow(stack, browser) -> None:
         ],
         json={"decision": "approve"},
     )
+
+
+# --- access tokens: a gateway with a token key (GATEWAY_JWT_SECRET) ------------------------------
+
+JWT_SECRET = "browser-tests-" + "k" * 40  # HS256 key, at least 32 characters
+
+
+@pytest.fixture(scope="module")
+def auth_stack() -> Iterator[tuple[RedisServer, Gateway]]:
+    """Its own Redis, a gateway that requires tokens, and a demo worker (which talks to Redis
+    directly and needs none)."""
+    server = RedisServer()
+    gw = Gateway(server.url, heartbeat_interval=2, jwt_secret=JWT_SECRET)
+    worker = Worker(server.url, tokens_per_second=30)
+    yield server, gw
+    worker.stop()
+    gw.stop()
+    server.stop()
+
+
+def token(sessions: list[str] | None = None, subject: str = "alice", ttl_s: float = 3600) -> str:
+    from gateway.auth import mint
+
+    return mint(
+        JWT_SECRET,
+        subject,
+        sessions=sessions or ["*"],
+        actions=["view", "command", "approve"],
+        ttl_s=ttl_s,
+    )
+
+
+def bearer(jwt: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {jwt}"}
+
+
+def watch_errors(page: Any) -> list[str]:
+    """Uncaught exceptions and console errors of the page (a refused request shows as one)."""
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    return errors
+
+
+def test_8_token_in_url_authorizes_the_viewer_stream_and_commands(auth_stack, device) -> None:
+    server, gw = auth_stack
+    assert httpx.get(f"{gw.url}/v1/sessions", timeout=5).status_code == 401  # tokens are checked
+    page = device.new_page()
+    errors = watch_errors(page)
+    # Without a token: the viewer says so (and keeps retrying with backoff).
+    page.goto(f"{gw.url}/")
+    page.wait_for_selector(".toast[data-key='auth']", timeout=10_000)
+    assert page.evaluate("window.gatewayApp.client.authError.code") == "unauthorized"
+    # A link with a token, pasted into the same tab (hashchange): it recovers at once.
+    time.sleep(3)  # into the retry backoff
+    page.evaluate("(t) => { location.hash = 'token=' + t; }", token())
+    page.wait_for_function("window.gatewayApp.currentSession()", timeout=5_000)
+    sid = page.evaluate("window.gatewayApp.currentSession()")  # created by the viewer (POST)
+    assert "token" not in page.url, page.url  # removed from the address bar
+    page.wait_for_function("document.querySelector('#conn-status').textContent.trim() === 'live'")
+    assert page.locator(".toast[data-key='auth']").count() == 0
+    assert all("401" in e for e in errors), errors  # the refused requests before the token
+    errors.clear()
+    # The usual way: open the viewer with #token=.
+    page.goto("about:blank")
+    page.goto(f"{gw.url}/#token={token()}&s={sid}")
+    page.wait_for_function(f"window.gatewayApp && window.gatewayApp.currentSession() === '{sid}'")
+    assert "token" not in page.url and page.url.endswith(f"#s={sid}"), page.url
+    page.wait_for_function("document.querySelector('#conn-status').textContent.trim() === 'live'")
+    page.fill("#prompt", "How does reconnect resume from the stored offset?")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "document.querySelector('.answer') && document.querySelector('.answer').textContent.length > 20",
+        timeout=20_000,
+    )
+    assert not run_done(server, sid), "the run ended before it was seen streaming"
+    wait_for(lambda: run_done(server, sid), what="run end")
+    assert_matches_published(page, server, sid)
+    hub = page.evaluate("window.gatewayApp.client.describeHub()")
+    assert hub["transport"] == "shared-worker" and hub["token"]["sub"] == "alice", hub
+    assert hub["auth"] is None and page.evaluate("window.gatewayApp.client.authError") is None
+    # A reload keeps the token (sessionStorage) although the URL no longer has it.
+    page.reload()
+    page.wait_for_function(f"window.gatewayApp && window.gatewayApp.currentSession() === '{sid}'")
+    page.wait_for_function("document.querySelector('#conn-status').textContent.trim() === 'live'")
+    assert_matches_published(page, server, sid)
+    assert page.locator(".toast-error").count() == 0
+    assert not errors, errors
+
+
+def test_9_token_limited_to_some_sessions_sees_only_those(auth_stack, device) -> None:
+    server, gw = auth_stack
+    admin = bearer(token())
+    for sid in ("visible-1", "hidden-1"):
+        r = httpx.post(f"{gw.url}/v1/sessions", json={"session_id": sid}, headers=admin, timeout=5)
+        assert r.status_code in (200, 201), r.text
+    page = device.new_page()
+    errors = watch_errors(page)
+    page.goto(f"{gw.url}/#token={token(['visible-*'], subject='bob')}")
+    page.wait_for_function(
+        "window.gatewayApp && window.gatewayApp.currentSession() === 'visible-1'"
+    )
+    page.wait_for_function("document.querySelector('#conn-status').textContent.trim() === 'live'")
+    page.evaluate(
+        """() => {
+            window.__rows = new Set();
+            const list = document.querySelector('#session-list');
+            const note = () => list.querySelectorAll('.session-row')
+                .forEach((r) => window.__rows.add(r.dataset.sessionId));
+            note();
+            new MutationObserver(note).observe(list, {childList: true, subtree: true});
+        }"""
+    )
+    # Activity in both sessions: the feed of this token carries only visible-1's.
+    run_hidden = httpx.post(
+        f"{gw.url}/v1/sessions/hidden-1/runs", json={"input": "hidden work"}, headers=admin
+    )
+    assert run_hidden.status_code == 202, run_hidden.text
+    run_visible = httpx.post(
+        f"{gw.url}/v1/sessions/visible-1/runs", json={"input": "visible work"}, headers=admin
+    )
+    assert run_visible.status_code == 202, run_visible.text
+    wait_for(lambda: run_done(server, "visible-1") and run_done(server, "hidden-1"), what="runs")
+    assert_matches_published(page, server, "visible-1")
+    listed = page.evaluate(
+        "window.gatewayApp.client.listSessions().then((l) => l.map((s) => s.session_id))"
+    )
+    assert listed == ["visible-1"], listed
+    time.sleep(0.5)  # the last activity frames
+    rows = page.evaluate("[...window.__rows]")
+    assert rows == ["visible-1"], rows
+    # Viewing a session outside the token: 403, reported once as fatal, no retry loop.
+    err = page.evaluate(
+        """() => new Promise((resolve) => {
+            const c = window.gatewayApp.client;
+            const off = c.on('error', (e) => { if (e.sessionId === 'hidden-1') { off(); resolve(e); } });
+            c.watch('hidden-1');
+        })"""
+    )
+    assert err["fatal"] is True and err["status"] == 403 and err["code"] == "forbidden", err
+    page.evaluate("window.gatewayApp.client.unwatch('hidden-1')")
+    assert page.evaluate("window.gatewayApp.client.getState('hidden-1')") is None
+    errors = [e for e in errors if "403" not in e]  # the refused snapshot is logged by Chromium
+    assert not errors, errors
+
+
+def test_10_token_function_refreshed_through_the_shared_worker(auth_stack, browser) -> None:
+    """A page whose accessToken function first returns an expired token: the hub reports
+    token_expired without a hot loop, asks again with backoff, and recovers (stream, view,
+    commands) as soon as the function returns a fresh token."""
+    server, gw = auth_stack
+    ctx = browser.new_context()
+    try:
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(gw.url + "/healthz")  # any document of the gateway's origin
+        page.evaluate(
+            """async ([expired, fresh]) => {
+                const { GatewayClient } = await import('/gateway-client.js');
+                window.__tokens = { give: expired, fresh };
+                window.__calls = 0;
+                window.__auth = [];
+                const client = new GatewayClient({
+                    maxBackoffMs: 2000,
+                    accessToken: async () => { window.__calls += 1; return window.__tokens.give; },
+                });
+                client.on('auth', (p) => window.__auth.push(p ? p.code : null));
+                window.__client = client;
+            }""",
+            [token(subject="carol", ttl_s=-60), token(subject="carol")],
+        )
+        page.wait_for_function("window.__auth.includes('token_expired')", timeout=10_000)
+        assert page.evaluate("window.__client.transport") == "shared-worker"
+        before = page.evaluate("window.__calls")
+        time.sleep(4)
+        asked = page.evaluate("window.__calls") - before
+        assert 1 <= asked <= 6, f"the token function was called {asked} times in 4 s"
+        assert page.evaluate("window.__client.status") != "live"
+        page.evaluate("window.__tokens.give = window.__tokens.fresh")
+        page.wait_for_function("window.__client.status === 'live'", timeout=15_000)
+        assert page.evaluate("window.__client.authError") is None
+        assert page.evaluate("window.__auth").pop() is None
+        sid = page.evaluate("window.__client.createSession()")
+        page.evaluate(f"window.__client.view('{sid}')")
+        res = page.evaluate(f"window.__client.startRun('{sid}', 'What is an offset?')")
+        assert res["ok"] is True, res
+        wait_for(lambda: run_done(server, sid), what="run end")
+        want = published(server, sid)
+
+        def same() -> bool:
+            state = page.evaluate(f"window.__client.getState('{sid}')")
+            got = {r["run_id"]: r["text"] for r in (state or {}).get("runs", [])}
+            return got == {k: v["text"] for k, v in want.items()}
+
+        wait_for(same, timeout=15, what="the client's state equals the published log")
+        assert not errors, errors
+    finally:
+        ctx.close()
