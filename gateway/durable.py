@@ -38,6 +38,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
+from prometheus_client import Counter
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisError
@@ -159,10 +160,7 @@ def response_cursor(client: str | None, now_ms: int | None = None) -> str:
     """
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     current = (now_ms - CURSOR_EPOCH_MS) // (CURSOR_INTERVAL_S * 1000)
-    try:
-        theirs = int(client) if client and _DIGITS_RE.fullmatch(client) else None
-    except ValueError:
-        theirs = None
+    theirs = int(client) if client and _DIGITS_RE.fullmatch(client) else None
     if theirs is None or theirs < current:
         return str(current)
     jitter_s = random.randint(1, 3600)
@@ -339,6 +337,12 @@ class Context:
         self.rt = rt
         self.ds = DurableStreams(rt.streams)
         self.cfg = DurableSettings()
+        self.requests = Counter(
+            "gateway_ds_requests",
+            "Durable Streams requests served, by method.",
+            ["method"],
+            registry=rt.metrics.registry,
+        )
 
 
 def _context(scope: Scope) -> Context:
@@ -366,6 +370,7 @@ class Exchange:
             scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
         )
         self.started = False
+        self.ended = False
         self.body_read = False
         self.disconnected = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
@@ -399,7 +404,13 @@ class Exchange:
         return values[0] if values else None
 
     async def body(self, limit: int) -> bytes:
-        """The whole request body. Raises DsError 413 beyond ``limit`` bytes."""
+        """The whole request body.
+
+        Raises:
+            DsError: 413 beyond ``limit`` bytes. The rest of the body (up to 4 times the
+                limit) is read and dropped first, so the client sees the 413 rather than a
+                connection reset in the middle of its upload.
+        """
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -409,10 +420,15 @@ class Exchange:
                 break
             chunk = cast(bytes, message.get("body", b""))
             size += len(chunk)
+            more = bool(message.get("more_body", False))
             if size > limit:
-                raise DsError(413, "too_large", f"bodies are at most {limit} bytes")
+                chunks.clear()
+                if not more or size > 4 * limit:
+                    self.body_read = not more
+                    raise DsError(413, "too_large", f"bodies are at most {limit} bytes")
+                continue
             chunks.append(chunk)
-            if not message.get("more_body", False):
+            if not more:
                 break
         self.body_read = True
         return b"".join(chunks)
@@ -446,6 +462,7 @@ class Exchange:
 
     async def write(self, chunk: bytes, more: bool = True) -> None:
         """Send part of the body (``more=False`` ends it)."""
+        self.ended = not more
         await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
 
     async def respond(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
@@ -470,6 +487,7 @@ async def durable_streams(scope: Scope, receive: Receive, send: Send) -> None:
     ex = Exchange(scope, receive, send)
     try:
         ctx = _context(scope)
+        ctx.requests.labels(method=ex.method if ex.method in _METHODS else "OTHER").inc()
         await _dispatch(ctx, ex)
     except DsError as exc:
         if not ex.started:
@@ -493,7 +511,7 @@ async def durable_streams(scope: Scope, receive: Receive, send: Send) -> None:
             await ex.error(DsError(500, "internal_error", "internal error"))
     finally:
         ex.stop_watching()
-        if ex.started:
+        if ex.started and not ex.ended:
             with contextlib.suppress(Exception):
                 await ex.write(b"", more=False)
 
@@ -1173,7 +1191,6 @@ async def _fork(ctx: Context, ex: Exchange, path: str, req: CreateRequest, body:
             prefix=prefix,
             initial=initial,
         )
-        args[3] = nct  # compare a later PUT with what this one asked (inherit = not given)
         status, n, b, closed, ct = await ctx.ds.create(path, args)
         if status != "created":
             await release()  # lost a race with another PUT of the same path
@@ -1351,6 +1368,7 @@ async def _delete(ctx: Context, ex: Exchange, path: str) -> None:
     await ex.respond(204, {})
 
 
+_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS"})
 _Handler = Callable[[Context, Exchange, str], Awaitable[None]]
 _HANDLERS: dict[str, _Handler] = {
     "GET": _get,

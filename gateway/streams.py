@@ -29,6 +29,16 @@ key of one session lives on one shard and its scripts stay single-slot):
 ``gw:{u:<h>}:ctl``              Pub/Sub channel: ``X`` frames ending an evicted slot's stream
 ``gw:{u:<h>}:rate:<minute>``    counter: streams and connections the subject opened that
                                 minute (expires)
+``gw:{ds:<path>}:m``            Durable Streams (``/ds``, gateway/durable.py): a stream's
+                                metadata hash: generation, content type, tail (message
+                                number ``n``, byte position ``b``), closed, TTL or
+                                Expires-At, soft-deleted, fork base and ancestry
+``gw:{ds:<path>}:l``            its messages, a Stream: entry ID ``<n>-0``, fields ``d``
+                                (the bytes) and ``b`` (the byte position after it)
+``gw:{ds:<path>}:p``            hash: producer id → ``epoch seq updated_ms``
+``gw:{ds:<path>}:f``            set: paths of its forks (the reference count: while not
+                                empty its keys do not expire and its log stays readable)
+``gw:{ds:<path>}:live``         Pub/Sub channel: ``D`` frames (append, close, deletion)
 ==============================  ==========================================================
 
 Wire format of a live ``E`` frame: ``E\t<epoch>`` then one line per event,

@@ -1,0 +1,257 @@
+"""The Durable Streams conformance suite against the gateway's ``/ds`` endpoint.
+
+The judge is the npm package ``@durable-streams/server-conformance-tests`` 0.3.6 (pinned with
+vitest in ``tests/durable/package.json`` and ``package-lock.json``). ``npm ci`` installs it
+into ``tests/durable/node_modules`` (git-ignored) when that is missing or older than the lock
+file; ``npx vitest run`` then runs ``tests/durable/conformance.test.mjs``, which calls the
+package's ``runConformanceTests({ baseUrl })`` against a real gateway on a real Redis. Every
+non-skipped test must pass (the suite skips its 6 optional subscription tests), in three
+setups:
+
+- ``single``: one gateway on one redis-server;
+- ``cluster``: one gateway on a 6-node Redis Cluster (sharded Pub/Sub, one slot per stream);
+- ``replicas``: two gateways behind nginx (``tests/lb.py``) that sends every GET and HEAD to
+  one replica and every other request to the other, so each write is read back (catch-up,
+  long-poll and SSE) on the replica that did not take it.
+
+Skipped, with the reason, only when ``npm`` is not installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cluster import RedisCluster
+from tests.support import ROOT, Gateway, RedisServer
+
+SUITE_DIR = ROOT / "tests" / "durable"
+NPM = shutil.which("npm")
+NPX = shutil.which("npx")
+LONG_POLL_S = 3  # the gateway's long-poll timeout in these runs (the suite waits for it)
+SUITE_TIMEOUT_S = 900
+
+pytestmark = [
+    pytest.mark.skipif(
+        NPM is None or NPX is None,
+        reason="npm/npx not installed: the Durable Streams conformance suite is an npm package",
+    ),
+    pytest.mark.timeout(SUITE_TIMEOUT_S + 300),
+]
+
+# GETs and HEADs to the "readers" replica, everything else to the "writers" one. The first
+# upstream's servers are replaced by tests.lb.render_nginx_conf (as in deploy/nginx.conf).
+SPLIT_NGINX_CONF = """
+events {}
+
+http {
+    upstream writers {
+        server 127.0.0.1:1 max_fails=1 fail_timeout=2s;
+        keepalive 16;
+    }
+
+    upstream readers {
+        server 127.0.0.1:@READER_PORT@ max_fails=1 fail_timeout=2s;
+        keepalive 16;
+    }
+
+    map $request_method $ds_upstream {
+        GET readers;
+        HEAD readers;
+        default writers;
+    }
+
+    server {
+        listen 8080;
+
+        location / {
+            proxy_pass http://$ds_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_buffering off;
+            proxy_cache off;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+            client_max_body_size 16m;
+        }
+    }
+}
+"""
+
+
+@dataclass
+class SuiteResult:
+    """Counts from vitest's JSON report, and the failures' names and first messages."""
+
+    total: int
+    passed: int
+    failed: int
+    skipped: int
+    seconds: float
+    failures: list[str] = field(default_factory=list)
+
+    def summary(self, name: str) -> str:
+        return (
+            f"durable streams conformance [{name}]: {self.passed} passed, {self.failed} failed, "
+            f"{self.skipped} skipped of {self.total} in {self.seconds:.1f} s"
+        )
+
+
+def _lock_digest() -> str:
+    return hashlib.sha256((SUITE_DIR / "package-lock.json").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def suite_installed() -> Path:
+    """``npm ci`` into tests/durable/node_modules unless it matches the lock file already."""
+    stamp = SUITE_DIR / "node_modules" / ".gateway-lock-sha256"
+    digest = _lock_digest()
+    if not stamp.exists() or stamp.read_text() != digest:
+        assert NPM is not None
+        proc = subprocess.run(
+            [NPM, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=SUITE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, f"npm ci failed:\n{proc.stdout}\n{proc.stderr}"
+        stamp.write_text(digest)
+    return SUITE_DIR
+
+
+def run_suite(base_url: str) -> SuiteResult:
+    """Run the conformance suite against ``base_url`` (the /ds endpoint) with vitest."""
+    assert NPX is not None
+    with tempfile.TemporaryDirectory(prefix="gw-ds-") as tmp:
+        report = Path(tmp) / "report.json"
+        env = {
+            **os.environ,
+            "DS_BASE_URL": base_url,
+            "DS_LONG_POLL_MS": str(LONG_POLL_S * 1000),
+            "CI": "1",
+        }
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            [
+                NPX,
+                "--no-install",
+                "vitest",
+                "run",
+                "--reporter=dot",
+                "--reporter=json",
+                f"--outputFile.json={report}",
+            ],
+            cwd=SUITE_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=SUITE_TIMEOUT_S,
+        )
+        seconds = time.monotonic() - t0
+        if not report.exists():
+            raise AssertionError(f"vitest wrote no report:\n{proc.stdout[-4000:]}\n{proc.stderr}")
+        data = json.loads(report.read_text())
+    failures = [
+        f"{t.get('fullName')}: {(t.get('failureMessages') or [''])[0][:400]}"
+        for file in data.get("testResults", [])
+        for t in file.get("assertionResults", [])
+        if t.get("status") == "failed"
+    ]
+    return SuiteResult(
+        total=data["numTotalTests"],
+        passed=data["numPassedTests"],
+        failed=data["numFailedTests"],
+        skipped=data["numPendingTests"] + data.get("numTodoTests", 0),
+        seconds=seconds,
+        failures=failures,
+    )
+
+
+def _check(name: str, result: SuiteResult, *logs: str) -> None:
+    print("\n" + result.summary(name))
+    for failure in result.failures:
+        print("  FAILED", failure)
+    tail = "\n".join(text[-3000:] for text in logs if text)
+    assert result.failed == 0 and result.passed > 0, (
+        f"{result.summary(name)}\n" + "\n".join(result.failures) + f"\n--- gateway logs\n{tail}"
+    )
+
+
+SETTINGS = {"ds_long_poll_timeout": LONG_POLL_S}
+
+
+@pytest.fixture
+def single(redis_server: RedisServer) -> Iterator[Gateway]:
+    gw = Gateway(redis_server.url, **SETTINGS)
+    yield gw
+    gw.stop()
+
+
+def test_conformance_single_redis(suite_installed: Path, single: Gateway) -> None:
+    """One gateway on one redis-server: every non-skipped test passes."""
+    result = run_suite(single.url + "/ds")
+    _check("single", result, single.output())
+
+
+def test_conformance_redis_cluster(suite_installed: Path, redis_cluster: RedisCluster) -> None:
+    """One gateway on a 6-node Redis Cluster: every non-skipped test passes."""
+    gw = Gateway(redis_cluster.url, **SETTINGS)
+    try:
+        result = run_suite(gw.url + "/ds")
+    finally:
+        gw.stop()
+    _check("cluster", result, gw.output())
+
+
+def test_conformance_two_replicas(suite_installed: Path, redis_server: RedisServer) -> None:
+    """Two gateways behind nginx, writes on one and reads (GET, HEAD) on the other."""
+    try:
+        from tests.lb import NGINX, Nginx
+    except ImportError as exc:  # tests/lb.py belongs to the replica tests
+        pytest.skip(f"tests/lb.py (nginx harness) is not available: {exc}")
+    if shutil.which(NGINX) is None:
+        pytest.skip("nginx is not installed")
+    writer = Gateway(redis_server.url, **SETTINGS)
+    reader = Gateway(redis_server.url, **SETTINGS)
+    conf = Path(tempfile.mkdtemp(prefix="gw-ds-nginx-")) / "split.conf"
+    conf.write_text(SPLIT_NGINX_CONF.replace("@READER_PORT@", str(reader.port)))
+    lb = None
+    try:
+        lb = Nginx([writer.port], conf=conf)
+        result = run_suite(lb.url + "/ds")
+        writes = _requests(writer)
+        reads = _requests(reader)
+    finally:
+        if lb is not None:
+            lb.stop()
+        writer.stop()
+        reader.stop()
+        shutil.rmtree(conf.parent, ignore_errors=True)
+    _check("replicas", result, writer.output(), reader.output())
+    print(f"  requests served: writer replica {writes}, reader replica {reads}")
+    assert set(writes) <= {"PUT", "POST", "DELETE", "OPTIONS"}, writes
+    assert set(reads) <= {"GET", "HEAD"}, reads
+
+
+def _requests(gw: Gateway) -> dict[str, int]:
+    """Durable Streams requests this replica served, by method (from /metrics)."""
+    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("gateway_ds_requests_total{"):
+            method = line.split('method="', 1)[1].split('"', 1)[0]
+            out[method] = out.get(method, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
