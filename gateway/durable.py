@@ -43,6 +43,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisError
 
+from gateway.auth import AuthError
 from gateway.hub import Subscriber, wait_event
 from gateway.streams import (
     DS_ZERO_OFFSET,
@@ -531,7 +532,30 @@ async def _dispatch(ctx: Context, ex: Exchange) -> None:
             f"{ex.method} is not a Durable Streams operation",
             {"Allow": "GET, HEAD, POST, PUT, DELETE, OPTIONS"},
         )
-    await handler(ctx, ex, ex.stream_path())
+    path = ex.stream_path()
+    authorize(ctx, ex, "view" if ex.method in ("GET", "HEAD") else "publish", path)
+    await handler(ctx, ex, path)
+
+
+def authorize(ctx: Context, ex: Exchange, action: str, path: str) -> None:
+    """With a token key configured (``gateway.auth``), the bearer token must grant
+    ``action`` on ``path``: its ``sessions`` patterns are matched against stream paths
+    (``/v1/stream/*``), ``view`` reads, ``publish`` creates, appends, closes and deletes.
+    Without a key (``--insecure``) everyone may do everything.
+
+    Raises:
+        DsError: 401 without a valid token, 403 when it does not grant ``action``.
+    """
+    auth = getattr(ctx.rt, "auth", None)
+    if auth is None or not auth.configured:
+        return
+    header = ex.headers.get("authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else ex.param("access_token")
+    try:
+        auth.authenticate(token or None).require(action, path)
+    except AuthError as exc:
+        extra = {"WWW-Authenticate": f'Bearer error="{exc.code}"'} if exc.status == 401 else {}
+        raise DsError(exc.status, exc.code, exc.message, extra) from exc
 
 
 def _missing(status: str, path: str) -> DsError:
@@ -1123,6 +1147,7 @@ async def _created(
 async def _fork(ctx: Context, ex: Exchange, path: str, req: CreateRequest, body: bytes) -> None:
     source = req.fork_from
     assert source is not None
+    authorize(ctx, ex, "view", source)
     nct = normalize_type(req.content_type) if req.content_type else ""
     probe = _create_args(
         req,
