@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 from typing import Annotated
 
 import typer
@@ -21,10 +22,26 @@ app = typer.Typer(
 )
 
 
+class _RedactTokens(logging.Filter):
+    """Masks ``access_token=`` query values in access-log lines: EventSource and beacons must
+    send the token in the URL, and a token in a log file is a credential at rest."""
+
+    _TOKEN = re.compile(r"(access_token=)[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._TOKEN.sub(r"\1REDACTED", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        return True
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("uvicorn.access").addFilter(_RedactTokens())
 
 
 @app.command()
