@@ -31,8 +31,7 @@ class _RedactTokens(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
             record.args = tuple(
-                self._TOKEN.sub(r"\1REDACTED", a) if isinstance(a, str) else a
-                for a in record.args
+                self._TOKEN.sub(r"\1REDACTED", a) if isinstance(a, str) else a for a in record.args
             )
         return True
 
