@@ -168,6 +168,10 @@ class Hub:
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
         self._active = asyncio.Event()
+        # redis-py's PubSub takes its connection from the pool on the first command without
+        # a lock: concurrent first subscribes each take one, and all but the last are
+        # orphaned (their channels never deliver, the pool shrinks). One at a time.
+        self._subscribing = asyncio.Lock()
         self._closing = False
         self.draining = False
 
@@ -224,7 +228,8 @@ class Hub:
         self._confirmed[channel] = confirmed
         self.metrics.hub_channels.set(len(self._subs))
         try:
-            await self._pubsub.subscribe(channel)
+            async with self._subscribing:
+                await self._pubsub.subscribe(channel)
         except Exception:
             self.metrics.redis_errors.inc()
             log.warning("hub: subscribe %s failed; viewer relies on catch-up", channel)
