@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/ds"
 MAX_PATH_BYTES = 1024
+MAX_TOKEN_BYTES = 1024  # Producer-Id, Stream-Seq
 MAX_TTL_S = 10 * 365 * 86_400
 CURSOR_EPOCH_MS = 1_728_432_000_000  # 2024-10-09T00:00:00Z, as the reference server
 CURSOR_INTERVAL_S = 20
@@ -199,13 +200,19 @@ def json_messages(body: bytes, *, create: bool) -> bytes | None:
             return None
         raise DsError(400, "empty_array", "an empty JSON array appends nothing")
     try:
-        text = ",".join(json.dumps(v, separators=(",", ":"), ensure_ascii=False) for v in items)
-        try:
-            return text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates from \\ud800-style escapes
-            return ",".join(json.dumps(v, separators=(",", ":")) for v in items).encode()
+        return _json_join(items)
     except RecursionError as exc:
         raise DsError(400, "invalid_json", "body is nested too deeply") from exc
+
+
+def _json_join(values: list[Any]) -> bytes:
+    """Compact JSON of ``values`` joined by commas, always valid UTF-8 (a string holding a
+    lone surrogate, from a ``\\ud800``-style escape, is kept escaped)."""
+    text = ",".join(json.dumps(v, separators=(",", ":"), ensure_ascii=False) for v in values)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return ",".join(json.dumps(v, separators=(",", ":")) for v in values).encode()
 
 
 def parse_expires_at(value: str) -> int:
@@ -1056,6 +1063,8 @@ def _source_path(value: str) -> str:
     """A ``Stream-Forked-From`` value as a stream path: a path as in the URL after ``/ds``,
     or an absolute URL of this endpoint."""
     value = value.strip()
+    with contextlib.suppress(UnicodeError):  # header bytes arrive as latin-1 text
+        value = value.encode("latin-1").decode("utf-8")
     if value.startswith(("http://", "https://")):
         value = urlsplit(value).path
         if value.startswith(PREFIX + "/"):
@@ -1253,9 +1262,7 @@ async def _sub_offset_prefix(
         values = json.loads(b"[" + message.data + b"]")
         if sub_offset > len(values):
             raise DsError(400, "invalid_sub_offset", "Stream-Fork-Sub-Offset overshoots")
-        return ",".join(
-            json.dumps(v, separators=(",", ":"), ensure_ascii=False) for v in values[:sub_offset]
-        ).encode("utf-8", "surrogatepass")
+        return _json_join(values[:sub_offset])
     if sub_offset > len(message.data):
         raise DsError(400, "invalid_sub_offset", "Stream-Fork-Sub-Offset overshoots")
     return message.data[:sub_offset]
@@ -1277,6 +1284,8 @@ async def _post(ctx: Context, ex: Exchange, path: str) -> None:
         assert epoch is not None and pseq is not None
         epoch = _producer_number(epoch.strip(), "Producer-Epoch")
         pseq = _producer_number(pseq.strip(), "Producer-Seq")
+    if len(pid or "") > MAX_TOKEN_BYTES or len(h.get("stream-seq", "")) > MAX_TOKEN_BYTES:
+        raise DsError(400, "invalid_header", f"Producer-Id and Stream-Seq: {MAX_TOKEN_BYTES} max")
     body = await ex.body(ctx.cfg.max_append_bytes)
     deferred = ""
     data = body
