@@ -16,6 +16,10 @@ from typing import cast
 
 import fakeredis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.cluster import cluster_from_url, is_cluster_url
 from gateway.settings import Settings
@@ -53,5 +57,9 @@ def connect(settings: Settings, role: str = "gateway") -> Redis:
         client_name=name,
         health_check_interval=30,
         socket_keepalive=True,
+        # A pooled connection left dead by a Redis restart fails on first use: retry once
+        # more on a fresh one instead of surfacing the error (publishes are idempotent).
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return Redis(connection_pool=pool)

@@ -213,9 +213,10 @@ class Streams:
     only to the shard that owns the session, and multi-command reads retry across a failover.
     """
 
-    def __init__(self, redis: Redis, prefix: str = "gw") -> None:
+    def __init__(self, redis: Redis, prefix: str = "gw", publish_retry_s: float = 10.0) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.publish_retry_s = publish_retry_s
         self.clustered = isinstance(redis, RedisCluster)
         self.publish_command = "SPUBLISH" if self.clustered else "PUBLISH"
         self._retry_budget = float(getattr(redis, "retry_budget_s", 0.0))
@@ -287,7 +288,8 @@ class Streams:
         publishes only if the batch's run is active, leased, and its lease expired.
         ``producer`` is (producer id, batch sequence): sending the same pair again returns
         the first result and appends nothing, so a publish retried after a lost reply (a
-        failover, a dropped connection) is never duplicated.
+        failover, a dropped connection) is never duplicated. Connection errors are retried
+        for up to ``publish_retry_s`` seconds (a Redis restart, a failover).
 
         Raises:
             PublishRejected: an approval was unknown/already resolved (``approval_not_found``,
@@ -314,7 +316,12 @@ class Streams:
             self._k(sid, "lease"),
             self._k(sid, "producers"),
         ]
-        res = cast(list[Any], await self._publish(keys=keys, args=args))
+        # Retried through a Redis restart or failover with the same (producer, sequence), so
+        # a batch whose reply was lost is answered from the producers hash, not appended again.
+        res = cast(
+            list[Any],
+            await with_retry(self.publish_retry_s, lambda: self._publish(keys=keys, args=args)),
+        )
         if res[0] != "ok":
             raise PublishRejected(str(res[0]))
         return PublishResult(str(res[1]), int(res[2]), int(res[3]), int(res[4]))

@@ -93,18 +93,18 @@ class Viewer:
                     if r.status_code != 200:
                         await asyncio.sleep(0.2)
                         continue
-                    event = ""
+                    event, fid = "", ""
                     async for line in r.aiter_lines():
                         if line.startswith("event: "):
                             event = line[7:]
                         elif line.startswith("id: "):
-                            seq = int(line[4:].split("_")[1])
+                            fid = line[4:]
+                        elif line == "" and fid:  # a frame ends: its id line may come first
                             if event == "reset":
-                                self.resets.append((self.seqs[-1] if self.seqs else 0, line))
+                                self.resets.append((self.seqs[-1] if self.seqs else 0, fid))
                             else:
-                                self.seqs.append(seq)
-                        elif line == "":
-                            event = ""
+                                self.seqs.append(int(fid.split("_")[1]))
+                            event, fid = "", ""
                         if stop.is_set():
                             return
             self.reconnects += 1
