@@ -11,15 +11,18 @@ keys of its own Cluster slot.
 from __future__ import annotations
 
 import itertools
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import events
+from gateway import events, snapshot
 from gateway.redaction import Redactor
 from gateway.settings import Settings
 from gateway.streams import PublishResult, Streams
+
+log = logging.getLogger(__name__)
 
 EventSpec = Mapping[str, Any]
 
@@ -57,8 +60,12 @@ class Publisher:
         *,
         max_event_bytes: int = events.MAX_EVENT_BYTES,
         max_depth: int = events.MAX_DEPTH,
+        keep_after_run: int = 0,
+        session_ttl_s: float = 30 * 86_400,
     ) -> None:
         self.streams = streams
+        self.keep_after_run = keep_after_run
+        self.session_ttl_s = session_ttl_s
         self.retention_maxlen = retention_maxlen
         self.redactor = redactor or Redactor()
         self.limits = {"max_bytes": max_event_bytes, "max_depth": max_depth}
@@ -77,6 +84,8 @@ class Publisher:
             Redactor(settings.redact_patterns),
             max_event_bytes=settings.max_event_bytes,
             max_depth=settings.max_event_depth,
+            keep_after_run=settings.retention_after_run,
+            session_ttl_s=settings.session_ttl,
         )
 
     async def publish(
@@ -125,7 +134,18 @@ class Publisher:
             producer=(self.producer_id, next(self._batch_seq)),
         )
         await self._record_activity(session_id, batch, result)
+        if self.keep_after_run and any(e.type in events.TERMINAL for e in batch):
+            await self._compact(session_id)
         return result.offsets()
+
+    async def _compact(self, session_id: str) -> None:
+        # Housekeeping after the run is stored: a failure here must not fail the publish.
+        try:
+            await snapshot.compact(
+                self.streams, session_id, self.keep_after_run, self.session_ttl_s
+            )
+        except Exception:
+            log.exception("compaction of %s failed; the log keeps its entries", session_id)
 
     async def _record_activity(
         self, session_id: str, batch: Sequence[EventIn], result: PublishResult

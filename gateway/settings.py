@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     retention_maxlen: int = Field(
         default=20_000, ge=10, description="Events kept per session (approximate trim)."
     )
+    retention_after_run: int = Field(
+        default=1000,
+        ge=0,
+        description="Events kept once a run ends and its state is folded into the snapshot "
+        "(0: no compaction).",
+    )
+    session_ttl: float = Field(
+        default=30 * 86_400, gt=0, description="Idle time after which a session expires (s)."
+    )
     connection_ttl: float = Field(default=3600.0, gt=0, description="Idle consumer offset TTL.")
     heartbeat_interval: float = Field(default=15.0, gt=0)
     auto_commit_interval: float = Field(default=0.25, gt=0)

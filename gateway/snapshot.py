@@ -112,6 +112,21 @@ def apply(state: State, type_: str, run_id: str | None, data: dict[str, Any]) ->
     return state
 
 
+async def compact(streams: Streams, session_id: str, keep: int, ttl_s: float) -> int:
+    """After a run ends: fold the session into its stored snapshot, then trim the log to
+    its last ``keep`` events and set the session's idle TTL. Returns the events trimmed.
+
+    A viewer whose offset falls before the kept events gets a ``reset`` to the snapshot, which
+    holds everything they summarise. Memory per finished session is then at most ``keep``
+    log entries plus the snapshot (the folded transcript).
+    """
+    res = await load(streams, session_id)
+    if res is None:
+        return 0
+    head = offsets.parse(res[0]).seq
+    return await streams.compact(session_id, max(1, head - keep + 1), ttl_s)
+
+
 async def load(streams: Streams, session_id: str, page: int = 1000) -> tuple[str, State] | None:
     """The session's state at its latest offset, as ``(offset, state)``; None if unknown.
 

@@ -420,6 +420,7 @@ class Streams:
     async def list_sessions(self, limit: int = 200) -> list[SessionMeta]:
         """The most recently active sessions, newest first (two round trips in all)."""
         ids = await self.redis.zrevrange(self._sessions_key, 0, limit - 1)
+        # (Sessions that expired stay in the index until listed: their metadata is gone.)
 
         def build(pipe: Pipeline) -> None:
             for sid in ids:
@@ -644,6 +645,20 @@ class Streams:
         if not raw:
             return None
         return raw["offset"], raw["state"]
+
+    async def compact(self, sid: str, min_seq: int, ttl_s: float) -> int:
+        """Drop log entries older than ``min_seq`` (XTRIM MINID; IDs are ``<seq>-0``) and
+        give every key of the session an idle TTL. Returns the entries removed."""
+        ms = int(ttl_s * 1000)
+        parts = ("meta", "log", "approvals", "snap", "producers")
+        replies = await self._pipeline(
+            lambda p: (
+                p.xtrim(self._k(sid, "log"), minid=f"{min_seq}-0", approximate=False),
+                *(p.pexpire(self._k(sid, part), ms) for part in parts),
+            ),
+            atomic=True,
+        )
+        return int(replies[0])
 
     async def save_snapshot(self, sid: str, offset: str, state_json: str) -> None:
         """Store the snapshot folded up to ``offset``."""

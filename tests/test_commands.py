@@ -397,3 +397,31 @@ async def test_stored_offset_beyond_the_log_resets_instead_of_409(gw, streams, c
         frame = await s.next()
     assert frame.event == "reset" and frame.json()["reason"] == "offset_ahead"
     assert frame.id == first
+
+
+async def test_finished_run_is_compacted_into_the_snapshot(gw, streams, client, sid):
+    """Once a run ends its state is folded into the stored snapshot and the log keeps only
+    its last events; an older offset resets to that snapshot; the session gets an idle TTL."""
+    from gateway.publisher import EventIn
+
+    pub = Publisher(streams, keep_after_run=50, session_ttl_s=3600)
+    run = await pub.start_run(sid, "compact me")
+    batch = [EventIn("message.delta", {"text": f"w{i} "}, run.run_id) for i in range(300)]
+    first = await pub.publish_batch(sid, batch)
+    await run.complete()
+    meta = await streams.meta(sid)
+    assert meta is not None and meta.seq == 302
+    assert meta.first_seq == meta.seq - 49  # exactly the last 50 events are kept
+    snap = (await client.get(f"{gw.url}/v1/sessions/{sid}/snapshot")).json()
+    assert snap["offset"].endswith(f"_{meta.seq:012d}")
+    text = "".join(f"w{i} " for i in range(300))
+    assert (
+        snap["state"]["runs"][-1]["text"] == text
+        and snap["state"]["runs"][-1]["status"] == "completed"
+    )
+    old = first[10]  # long trimmed: the viewer is told, and pointed at the snapshot
+    async with sse(client, f"{gw.url}/v1/sessions/{sid}/events?from={old}") as s:
+        frame = await s.next()
+    assert frame.event == "reset" and frame.json()["reason"] == "offset_trimmed"
+    ttl = int(await streams.redis.pttl(f"gw:{{{sid}}}:meta"))
+    assert 0 < ttl <= 3_600_000
