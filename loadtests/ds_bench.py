@@ -7,6 +7,8 @@ ports; then runs the same Node load generator (``loadtests/ds_bench/bench.mjs``)
 
 - append rate: ``--writers`` concurrent writers on ``--streams`` JSON streams, ~100-byte
   messages, for ``--seconds``;
+- (calibration) the append phase against a no-op Node HTTP server: the load generator's own
+  ceiling on this machine;
 - SSE read latency: ``--readers`` SSE readers of one JSON stream, one writer appending
   ``--events`` messages at ``--rate`` per second; latency from the append call to the reader
   (p50/p99), and a gap/duplicate check.
@@ -46,19 +48,20 @@ def npm_install() -> None:
     subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=BENCH_DIR, check=True)
 
 
-class ReferenceServer:
-    """``node ref-server.mjs PORT``: @durable-streams/server in memory."""
+class NodeServer:
+    """``node <script> PORT``: the reference server (``ref-server.mjs``, in memory) or the
+    no-op calibration server (``noop-server.mjs``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, script: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            ["node", "ref-server.mjs", str(self.port)],
+            ["node", script, str(self.port)],
             cwd=BENCH_DIR,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(self._up, timeout=20, what="reference server")
+        wait_until(self._up, timeout=20, what=script)
 
     def _up(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.port), timeout=1):
@@ -101,15 +104,19 @@ def main() -> None:
 
     redis = RedisServer()
     gateway = Gateway(redis.url)
-    ref = ReferenceServer()
+    ref = NodeServer("ref-server.mjs")
+    noop = NodeServer("noop-server.mjs")
     targets = {"gateway": gateway.url + "/ds", "reference": ref.url}
     results: dict[str, dict[str, list[dict[str, Any]]]] = {
         name: {"append": [], "sse": []} for name in targets
     }
+    ceiling: list[dict[str, Any]] = []
     try:
         append_opts = {"writers": args.writers, "streams": args.streams, "seconds": args.seconds}
         sse_opts = {"readers": args.readers, "events": args.events, "rate": args.rate}
         for _ in range(args.repeat):
+            ceiling.append(run(noop.url, "append", append_opts))
+            print("no-op server", "append", ceiling[-1], flush=True)
             for name, url in targets.items():
                 results[name]["append"].append(run(url, "append", append_opts))
                 print(name, "append", results[name]["append"][-1], flush=True)
@@ -117,6 +124,7 @@ def main() -> None:
                 results[name]["sse"].append(run(url, "sse", sse_opts))
                 print(name, "sse", results[name]["sse"][-1], flush=True)
     finally:
+        noop.stop()
         ref.stop()
         gateway.stop()
         redis.stop()
@@ -129,6 +137,7 @@ def main() -> None:
             "append_p99_ms": statistics.median(r["request_p99_ms"] for r in phases["append"]),
             "sse_p50_ms": statistics.median(r["p50_ms"] for r in phases["sse"]),
             "sse_p99_ms": statistics.median(r["p99_ms"] for r in phases["sse"]),
+            "sse_rate": statistics.median(r["rate_per_s"] for r in phases["sse"]),
             "deliveries": sum(r["deliveries"] for r in phases["sse"]),
             "expected": sum(r["expected_deliveries"] for r in phases["sse"]),
             "gaps": sum(r["gaps_or_duplicates"] for r in phases["sse"]),
@@ -139,7 +148,17 @@ def main() -> None:
         "sse_p50_ms": g["sse_p50_ms"] / r["sse_p50_ms"],
         "sse_p99_ms": g["sse_p99_ms"] / r["sse_p99_ms"],
     }
-    print(json.dumps({"summary": summary, "ratio_gateway_over_reference": ratios}, indent=2))
+    top = max(c["appends_per_s"] for c in ceiling)
+    print(
+        json.dumps(
+            {
+                "summary": summary,
+                "ratio_gateway_over_reference": ratios,
+                "load_generator_ceiling_appends_per_s": top,
+            },
+            indent=2,
+        )
+    )
     if args.markdown:
         node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
         redis_v = subprocess.run(
@@ -162,6 +181,7 @@ def main() -> None:
             f"{r['append_p50_ms']:.1f} / {r['append_p99_ms']:.1f} ms | "
             f"{g['append_p50_ms'] / r['append_p50_ms']:.2f} / {g['append_p99_ms'] / r['append_p99_ms']:.2f} |"
         )
+        print(f"| (load generator alone, against a no-op server) | | | {top:,.0f} requests/s |")
         print(
             f"| SSE latency p50 ({args.readers} readers, {args.rate:g}/s) | {g['sse_p50_ms']:.1f} ms | "
             f"{r['sse_p50_ms']:.1f} ms | {ratios['sse_p50_ms']:.2f} |"
@@ -169,6 +189,10 @@ def main() -> None:
         print(
             f"| SSE latency p99 | {g['sse_p99_ms']:.1f} ms | {r['sse_p99_ms']:.1f} ms | "
             f"{ratios['sse_p99_ms']:.2f} |"
+        )
+        print(
+            f"| appends/s the SSE writer achieved (target {args.rate:g}) | {g['sse_rate']:.0f} | "
+            f"{r['sse_rate']:.0f} | |"
         )
         print(
             f"| SSE deliveries (gaps/duplicates) | {g['deliveries']:,}/{g['expected']:,} ({g['gaps']}) | "
