@@ -329,10 +329,12 @@ class Inbox:
         return lost
 
     async def __aenter__(self) -> Inbox:
+        """Subscribe (returns once Redis confirmed)."""
         await self.ctx.rt.hub.subscribe(self.channel, self.sub)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Unsubscribe."""
         self.ctx.rt.hub.unsubscribe(self.channel, self.sub)
 
 

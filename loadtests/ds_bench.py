@@ -40,6 +40,7 @@ BENCH_DIR = ROOT / "loadtests" / "ds_bench"
 
 
 def npm_install() -> None:
+    """Install the reference server into loadtests/ds_bench/node_modules when missing."""
     if (BENCH_DIR / "node_modules" / "@durable-streams" / "server").is_dir():
         return
     npm = shutil.which("npm")
@@ -68,6 +69,7 @@ class NodeServer:
             return True
 
     def stop(self) -> None:
+        """Stop the Node process."""
         self.proc.terminate()
         try:
             self.proc.wait(10)
@@ -76,6 +78,7 @@ class NodeServer:
 
 
 def run(base_url: str, phase: str, options: dict[str, Any]) -> dict[str, Any]:
+    """One phase of bench.mjs against ``base_url``: its JSON result."""
     out = subprocess.run(
         ["node", "bench.mjs", base_url, phase, json.dumps(options)],
         cwd=BENCH_DIR,
@@ -90,6 +93,7 @@ def run(base_url: str, phase: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    """Run both servers, both phases, ``--repeat`` times; print the comparison."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--writers", type=int, default=32)
     ap.add_argument("--streams", type=int, default=8)

@@ -103,6 +103,7 @@ class SuiteResult:
     failures: list[str] = field(default_factory=list)
 
     def summary(self, name: str) -> str:
+        """One line of counts for the test output."""
         return (
             f"durable streams conformance [{name}]: {self.passed} passed, {self.failed} failed, "
             f"{self.skipped} skipped of {self.total} in {self.seconds:.1f} s"
@@ -195,6 +196,7 @@ SETTINGS = {"ds_long_poll_timeout": LONG_POLL_S}
 
 @pytest.fixture
 def single(redis_server: RedisServer) -> Iterator[Gateway]:
+    """One gateway on the session's redis-server."""
     gw = Gateway(redis_server.url, **SETTINGS)
     yield gw
     gw.stop()
