@@ -158,7 +158,7 @@ async def test_sigkill_replica_viewers_resume_on_survivors(cluster: Cluster) -> 
         f"  survivors now serve {dict(upstream_counts(everyone))}\n"
         f"  stored-offset viewers: gaps {sum(v.gaps for v in viewers)}, "
         f"duplicates {sum(v.dups for v in viewers)} in {sum(bool(v.dups) for v in viewers)} "
-        f"viewers (first received before the kill by: "
+        f"viewers (first copy received before the kill by: "
         f"{quantiles([t_kill - first for _, first, _ in dups])}; commit window "
         f"{commit_window * 1000:.0f} ms)\n"
         f"  Last-Event-ID viewers: gaps {sum(v.gaps for v in browsers)}, "
@@ -177,8 +177,10 @@ async def test_sigkill_replica_viewers_resume_on_survivors(cluster: Cluster) -> 
         assert sorted(set(v.seqs)) == list(range(v.start_seq + 1, pub.last_seqs[v.sid] + 1))
         assert not v.foreign and not v.resets
         assert not v.dups or v in served
-    # (0.5 s of slack for the gateway's and this process's scheduling on a busy machine)
-    assert all(second > t_kill > first > t_kill - commit_window - 0.5 for _, first, second in dups)
+    # (A first copy may arrive just after the kill: it was in flight. 0.5 s of slack for the
+    # gateway's and this process's scheduling on a busy machine.)
+    assert all(t_kill - commit_window - 0.5 < first < t_kill + 0.5 for _, first, _ in dups)
+    assert all(second > t_kill for _, _, second in dups)
 
 
 async def test_sigterm_drains_replica(cluster: Cluster) -> None:
