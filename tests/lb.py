@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -38,7 +39,7 @@ from gateway.streams import Streams
 from tests.support import ROOT, Gateway, free_port, wait_until
 
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
-NGINX = "nginx"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # Debian: /usr/sbin may be off PATH
 
 
 # --- nginx ----------------------------------------------------------------------------------
