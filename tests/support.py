@@ -241,7 +241,9 @@ async def _parse(resp: httpx.Response, comments: list[str]) -> AsyncIterator[Fra
     seen = False
     async for line in resp.aiter_lines():
         if line == "":
-            if seen and frame.retry is None:
+            # A frame of only `retry:` sets the reconnect delay; one that also names an event
+            # (the drain's `retry` + `event: close`) is a frame like any other.
+            if seen and (frame.retry is None or frame.event != "message" or frame.data):
                 yield frame
             frame, seen = Frame(), False
             continue

@@ -45,14 +45,10 @@ pytestmark = pytest.mark.asyncio
 DRAIN_TIMEOUT = Settings().drain_timeout
 DRAIN_SPREAD = Settings().drain_spread
 EXIT_MARGIN = 3.0  # seconds allowed on top of the drain timeout for the process to exit
-# deploy/nginx.conf has `max_fails=1 fail_timeout=2s`. nginx counts a request as a success
-# only when it completes, and an SSE stream completes only when it ends: a replica that failed
-# once (refused or 503 while it restarts) gets one trial request every fail_timeout, that trial
-# is a stream that stays open, so the replica never counts as healthy again. After a rolling
-# restart every replica has failed once and nginx answers `502` ("no live upstreams") to nearly
-# every stream request. Passive failure accounting is therefore off here: a refused connection
-# or a 503 still goes to the next server (proxy_next_upstream), per request.
-LB_SERVER_PARAMS = "max_fails=0"
+# The servers keep deploy/nginx.conf's own parameters (`max_fails=0`: with passive failure
+# accounting a replica that failed once during a restart never counted as healthy again,
+# because an SSE request only "succeeds" when the stream ends).
+LB_SERVER_PARAMS = None
 ROLLING_RATE = 200  # events/s over the 20 sessions of the rolling restart
 
 
