@@ -329,17 +329,17 @@ class Streams:
     async def record_activity(self, sid: str, change: dict[str, Any]) -> None:
         """Index the session and append ``change`` to the activity feed (low volume)."""
         payload = json.dumps({"session_id": sid, **change}, separators=(",", ":"))
-        await self._activity(
-            keys=[self._sessions_key, self._activity_key, self._running_key],
-            args=[
-                sid,
-                payload,
-                self.activity_channel,
-                ACTIVITY_MAXLEN,
-                self.publish_command,
-                change.get("status") or "",
-            ],
-        )
+        keys = [self._sessions_key, self._activity_key, self._running_key]
+        args: list[str | int] = [
+            sid,
+            payload,
+            self.activity_channel,
+            ACTIVITY_MAXLEN,
+            self.publish_command,
+            change.get("status") or "",
+        ]
+        # Part of a publish: ride out the same outages (a repeat only repeats a feed entry).
+        await with_retry(self.publish_retry_s, lambda: self._activity(keys=keys, args=args))
 
     # --- run leases ------------------------------------------------------------------------
     async def lease(self, op: str, sid: str, run_id: str, holder: str, ttl_s: float) -> bool:

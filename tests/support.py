@@ -39,11 +39,19 @@ def wait_until(pred: Any, timeout: float = 10.0, interval: float = 0.05, what: s
 
 
 class RedisServer:
-    """A throw-away redis-server on a free port (no persistence)."""
+    """A throw-away redis-server on a free port (no persistence unless ``extra`` asks).
+
+    ``kill()`` then ``start_again()`` restarts it on the same port and directory (with AOF
+    on, the data survives).
+    """
 
     def __init__(self, *extra: str) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="gw-redis-")
+        self.extra = extra
+        self.start_again()
+
+    def start_again(self) -> None:
         self.proc = subprocess.Popen(
             [
                 "redis-server",
@@ -57,12 +65,17 @@ class RedisServer:
                 "no",
                 "--dir",
                 self.dir,
-                *extra,
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         wait_until(self.ping, what="redis-server")
+
+    def kill(self) -> None:
+        """SIGKILL: nothing is flushed beyond what its persistence settings already wrote."""
+        self.proc.kill()
+        self.proc.wait(5)
 
     @property
     def url(self) -> str:
