@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
 need_debs "redis-server=redis-server" "redis-cli=redis-tools" "/usr/bin/chromium=chromium" \
   "/usr/sbin/nginx=nginx" "docker-compose=docker-compose"
-make_venv "[test]"
+make_venv "[test,bench]"
 echo "==> ruff + mypy --strict"
 .venv/bin/ruff check gateway tests loadtests
 .venv/bin/ruff format --check gateway tests loadtests
