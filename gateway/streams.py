@@ -294,8 +294,7 @@ class Streams:
         Raises:
             PublishRejected: an approval was unknown/already resolved (``approval_not_found``,
                 ``approval_already_resolved``), a run is active (``run_active``), or the
-                interrupt guard did not hold (``guard_failed``), or ``producer``'s sequence
-                is older than the 32 batches remembered for it (``producer_seq_stale``).
+                interrupt guard did not hold (``guard_failed``).
         """
         args: list[str | int] = [
             offsets.new_epoch(),
