@@ -195,9 +195,12 @@ class EventStream:
         finally:
             self.hub.unsubscribe(channel, sub)
             gauge.dec()
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await self._auto_commit(final=True)
-                await release_slot(self.streams, self.hub, self.slot, sub)
+            with anyio.CancelScope(shield=True):
+                # Separately: a failed final commit must not keep the subject's slot.
+                with contextlib.suppress(Exception):
+                    await self._auto_commit(final=True)
+                with contextlib.suppress(Exception):
+                    await release_slot(self.streams, self.hub, self.slot, sub)
 
     async def _frames(self, sub: Subscriber, channel: str) -> AsyncGenerator[bytes, None]:
         await self.hub.subscribe(channel, sub)

@@ -83,7 +83,11 @@ class Runtime:
     metrics: Metrics
     auth: Authenticator
     background: list[asyncio.Task[None]] = field(default_factory=list)
-    draining: bool = False
+
+    @property
+    def draining(self) -> bool:
+        """Whether a drain began (the hub holds the flag: it also drains late streams)."""
+        return self.hub.draining
 
     @property
     def deps(self) -> StreamDeps:
@@ -96,7 +100,6 @@ class Runtime:
         viewers resume from their stored offsets on another replica."""
         if self.draining:
             return
-        self.draining = True
         log.warning("draining: closing %d channel(s) of open streams", self.hub.channel_count)
         self.hub.drain(self.settings.drain_spread)
 

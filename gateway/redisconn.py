@@ -57,8 +57,9 @@ def connect(settings: Settings, role: str = "gateway") -> Redis:
         client_name=name,
         health_check_interval=30,
         socket_keepalive=True,
-        # A pooled connection left dead by a Redis restart fails on first use: retry once
-        # more on a fresh one instead of surfacing the error (publishes are idempotent).
+        # A pooled connection left dead by a Redis restart fails on first use: retry (up to
+        # 3 times, on fresh connections) instead of surfacing the error; publishes are
+        # idempotent, so a retried one is not stored twice.
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )

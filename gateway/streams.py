@@ -227,6 +227,16 @@ class Streams:
         self._lease = _Script(redis, "lease.lua")
         self._slots = _Script(redis, "slots.lua")
 
+    async def _retrying(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a publish-path command through a Redis restart or failover.
+
+        A cluster client already retries every command for its own budget
+        (``GatewayCluster``); retrying again here would only stack the two budgets.
+        """
+        if self.clustered:
+            return await op()
+        return await with_retry(self.publish_retry_s, op)
+
     async def _pipeline(self, build: Callable[[Pipeline], object], *, atomic: bool) -> list[Any]:
         """Queue commands with ``build`` and run them in one round trip per node.
 
@@ -289,7 +299,8 @@ class Streams:
         ``producer`` is (producer id, batch sequence): sending the same pair again returns
         the first result and appends nothing, so a publish retried after a lost reply (a
         failover, a dropped connection) is never duplicated. Connection errors are retried
-        for up to ``publish_retry_s`` seconds (a Redis restart, a failover).
+        for up to ``publish_retry_s`` seconds on one node (a Redis restart), and for the
+        cluster client's own budget on a cluster (a failover).
 
         Raises:
             PublishRejected: an approval was unknown/already resolved (``approval_not_found``,
@@ -317,10 +328,7 @@ class Streams:
         ]
         # Retried through a Redis restart or failover with the same (producer, sequence), so
         # a batch whose reply was lost is answered from the producers hash, not appended again.
-        res = cast(
-            list[Any],
-            await with_retry(self.publish_retry_s, lambda: self._publish(keys=keys, args=args)),
-        )
+        res = cast(list[Any], await self._retrying(lambda: self._publish(keys=keys, args=args)))
         if res[0] != "ok":
             raise PublishRejected(str(res[0]))
         return PublishResult(str(res[1]), int(res[2]), int(res[3]), int(res[4]))
@@ -338,7 +346,7 @@ class Streams:
             change.get("status") or "",
         ]
         # Part of a publish: ride out the same outages (a repeat only repeats a feed entry).
-        await with_retry(self.publish_retry_s, lambda: self._activity(keys=keys, args=args))
+        await self._retrying(lambda: self._activity(keys=keys, args=args))
 
     # --- run leases ------------------------------------------------------------------------
     async def lease(self, op: str, sid: str, run_id: str, holder: str, ttl_s: float) -> bool:
