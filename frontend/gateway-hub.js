@@ -763,6 +763,10 @@ export class GatewayHub {
   }
 
   _onClose(data) {
+    if (data && data.reason === 'token_expired') {
+      this._tokenExpired();
+      return;
+    }
     if (!data || data.reason !== 'superseded') return;
     this._closeStream();
     this._setStatus('superseded');
@@ -774,6 +778,24 @@ export class GatewayHub {
     // the user ('reconnect').
     if (this._superseded.length > 3) return;
     this._reopen(1000);
+  }
+
+  /**
+   * The gateway ended the stream at the token's `exp`. Ack what the tabs have processed
+   * (so the stored offsets are exact), get a fresh token from the tabs, and reopen at once:
+   * every session resumes from its stored offset, nothing is lost or shown twice.
+   */
+  async _tokenExpired() {
+    this._closeStream();
+    this._setStatus('reconnecting');
+    this._note('stream ended: token expired');
+    try {
+      await this._flushAcks([...this.sessions.values()]);
+    } catch (err) {
+      console.warn('gateway hub: ack before the token refresh failed', err);
+    }
+    await this._refreshToken(this._token);
+    this._reopen(0);
   }
 
   _setStatus(status) {

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
 import re
+import signal
 from typing import Annotated
 
 import typer
@@ -149,11 +149,15 @@ def worker(
     ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
-    """Run the demo agent worker alone against REDIS_URL."""
+    """Run the demo agent worker alone against REDIS_URL.
+
+    SIGTERM drains: no new commands; runs finish within GATEWAY_WORKER_DRAIN_TIMEOUT or are
+    handed back to another worker; then the process exits.
+    """
     from gateway.publisher import Publisher
     from gateway.redisconn import connect
     from gateway.streams import Streams
-    from gateway.worker import DemoWorker
+    from gateway.worker import demo_worker
 
     if redis_url:
         os.environ["REDIS_URL"] = redis_url
@@ -167,15 +171,18 @@ def worker(
     async def main() -> None:
         redis = connect(settings, role="worker")
         streams = Streams(redis, settings.key_prefix)
-        w = DemoWorker(streams, Publisher.from_settings(streams, settings), settings)
+        w = demo_worker(streams, Publisher.from_settings(streams, settings), settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, w.begin_drain)
         typer.echo(f"worker {w.name} consuming commands from {settings.redis_url}")
         try:
             await w.run_forever()
         finally:
             await redis.aclose()
+        typer.echo(f"worker {w.name} drained")
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    asyncio.run(main())
 
 
 @app.command()

@@ -55,6 +55,18 @@ async def release_slot(streams: Streams, hub: Hub, slot: Slot | None, sub: Subsc
 
 
 SUPERSEDED = b'event: close\ndata: {"reason":"superseded"}\n\n'
+TOKEN_EXPIRED = b'event: close\ndata: {"reason":"token_expired"}\n\n'
+
+
+def seconds_left(expires: float | None) -> float | None:
+    """Seconds until a token's ``exp`` (Unix seconds); None when it never expires."""
+    return None if expires is None else expires - time.time()
+
+
+def until(timeout: float, expires: float | None) -> float:
+    """``timeout`` shortened so that a wait ends when the token expires."""
+    left = seconds_left(expires)
+    return timeout if left is None else max(0.0, min(timeout, left))
 
 
 def drain_frame(settings: Settings) -> bytes:
@@ -117,7 +129,8 @@ class EventStream:
     ``consumer`` is None for the plain resumable stream (no stored offset). ``mux``: the
     stream is one session inside a browser's multiplexed stream (``gateway.mux``): no
     ``retry``/heartbeat frames of its own, envelopes as unnamed events, resets name the
-    session.
+    session. ``expires``: the token's ``exp`` (Unix seconds); the stream then ends with
+    ``event: close`` ``{"reason": "token_expired"}`` (a mux session ends with its mux).
     """
 
     def __init__(
@@ -129,8 +142,10 @@ class EventStream:
         consumer: Consumer | None = None,
         mux: bool = False,
         slot: Slot | None = None,
+        expires: float | None = None,
     ) -> None:
         self.streams, self.hub = deps.streams, deps.hub
+        self.expires = None if mux else expires
         self.settings, self.metrics = deps.settings, deps.metrics
         self.sid = session_id
         self.sid_json = json.dumps(session_id)
@@ -197,10 +212,19 @@ class EventStream:
             gauge.dec()
             with anyio.CancelScope(shield=True):
                 # Separately: a failed final commit must not keep the subject's slot.
-                with contextlib.suppress(Exception):
+                try:
                     await self._auto_commit(final=True)
-                with contextlib.suppress(Exception):
+                except Exception as exc:
+                    # The stored offset trails by one commit interval: a reconnect without
+                    # Last-Event-ID sees those events again (at-least-once).
+                    self.metrics.redis_errors.inc()
+                    log.warning("stream of %s: final commit failed: %r", self.sid, exc)
+                try:
                     await release_slot(self.streams, self.hub, self.slot, sub)
+                except Exception as exc:
+                    # The slot entry ages out of the subject's set (SLOT_MAX_AGE_S).
+                    self.metrics.redis_errors.inc()
+                    log.warning("stream of %s: slot release failed: %r", self.sid, exc)
 
     async def _frames(self, sub: Subscriber, channel: str) -> AsyncGenerator[bytes, None]:
         await self.hub.subscribe(channel, sub)
@@ -227,6 +251,11 @@ class EventStream:
                 # Commit first: the reconnect may reach another replica before this returns.
                 await self._auto_commit(final=True)
                 yield drain_frame(self.settings)
+                return
+            left = seconds_left(self.expires)
+            if left is not None and left <= 0:
+                await self._auto_commit(final=True)
+                yield TOKEN_EXPIRED
                 return
             if need_catchup or sub.overflowed:
                 sub.overflowed = False
@@ -262,7 +291,10 @@ class EventStream:
                 if uncommitted
                 else self.settings.heartbeat_interval
             )
-            if not await wait_event(sub.wakeup, timeout):
+            if not await wait_event(sub.wakeup, until(timeout, self.expires)):
+                left = seconds_left(self.expires)
+                if left is not None and left <= 0:
+                    continue  # the token expired: the loop's top ends the stream
                 if uncommitted:
                     await self._auto_commit(final=True)
                     continue

@@ -8,7 +8,6 @@ the contract documented in docs/api.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -33,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from gateway import durable, events, offsets, snapshot
+from gateway.aio import cancel_and_wait
 from gateway.auth import Authenticator, AuthError, Principal
 from gateway.connections import (
     Consumer,
@@ -43,7 +43,7 @@ from gateway.connections import (
     resolve,
 )
 from gateway.hub import Hub, Slot
-from gateway.leases import reap_forever
+from gateway.leases import end_orphan, reap_forever
 from gateway.metrics import Metrics
 from gateway.mux import MuxStream, activity_frames
 from gateway.publisher import EventIn, Publisher, new_run_id
@@ -285,8 +285,11 @@ def _sse_stream(
     start: Start,
     consumer: Consumer | None = None,
     slot: Slot | None = None,
+    expires: float | None = None,
 ) -> Stream:
-    stream = EventStream(rt.deps, session_id=sid, start=start, consumer=consumer, slot=slot)
+    stream = EventStream(
+        rt.deps, session_id=sid, start=start, consumer=consumer, slot=slot, expires=expires
+    )
     return _sse(stream.frames())
 
 
@@ -326,7 +329,7 @@ async def create_session(request: Request[Any, Any, Any]) -> dict[str, Any]:
 async def list_sessions(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """Sessions for a sidebar, most recently active first (those the token may view)."""
     rt, who = _authz(request, "view")
-    metas = [m for m in await rt.streams.list_sessions() if who.sees(m.session_id)]
+    metas = await rt.streams.list_sessions(visible=who.sees)
     return {
         "sessions": [
             {
@@ -447,7 +450,9 @@ async def connection_events(
         rt.metrics.reattaches.inc()
     await rt.streams.announce_attach(sid, cid, token)
     await rt.hub.evict(rt.streams.live_channel(sid), cid, token)
-    return _sse_stream(rt, sid, start, Consumer(cid, conn.commit, token), await _admit(rt, who))
+    return _sse_stream(
+        rt, sid, start, Consumer(cid, conn.commit, token), await _admit(rt, who), who.expires
+    )
 
 
 @post("/v1/sessions/{session_id:str}/connections/{connection_id:str}/ack", status_code=204)
@@ -500,7 +505,7 @@ async def session_events(request: Request[Any, Any, Any], session_id: FromPath[s
     rt.refuse_if_draining()
     cursor = _last_event_id(request) or request.query_params.get("from") or "start"
     start = _resolve(await _meta_or_create(rt, sid), cursor)
-    return _sse_stream(rt, sid, start, slot=await _admit(rt, who))
+    return _sse_stream(rt, sid, start, slot=await _admit(rt, who), expires=who.expires)
 
 
 @post("/v1/sessions/{session_id:str}/events", status_code=201)
@@ -537,7 +542,9 @@ async def publish_events(
 # --- commands -------------------------------------------------------------------------------
 @post("/v1/sessions/{session_id:str}/runs", status_code=202)
 async def start_run(request: Request[Any, Any, Any], session_id: FromPath[str]) -> dict[str, Any]:
-    """Start a run: publishes ``run.started`` and queues the command for a worker."""
+    """Start a run: ``run.started``, its ``queued`` lease and its worker command are written
+    by one script; the command is then sent to the workers (a reaper sends it again if this
+    process dies first)."""
     sid = _check_id(session_id, "session_id")
     rt, _ = _authz(request, "command", sid)
     body = await _json_body(request)
@@ -545,15 +552,16 @@ async def start_run(request: Request[Any, Any, Any], session_id: FromPath[str]) 
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "invalid_input", "input must be a non-empty string")
     run_id = new_run_id()
+    command = {"kind": "run", "session_id": sid, "run_id": run_id, "input": text}
     try:
-        await rt.publisher.start_run(sid, text, run_id=run_id, exclusive=True)
+        await rt.publisher.start_run(sid, text, run_id=run_id, command=command)
     except PublishRejected as exc:
         raise ApiError(409, exc.code, "the session already has a running run") from exc
-    # Until a worker takes its own lease: a run nobody picks up is ended by the reaper.
-    await rt.streams.lease("acquire", sid, run_id, "queued", rt.settings.run_pickup_timeout)
-    await rt.streams.enqueue_command(
-        {"kind": "run", "session_id": sid, "run_id": run_id, "input": text}
-    )
+    try:
+        await rt.streams.enqueue_command(command)
+    except RedisError as exc:
+        # The run is accepted and kept with its command: a reaper sends it again.
+        log.warning("run %s of %s: command not sent yet (%r)", run_id, sid, exc)
     return {"run_id": run_id}
 
 
@@ -561,7 +569,10 @@ async def start_run(request: Request[Any, Any, Any], session_id: FromPath[str]) 
 async def cancel_run(
     request: Request[Any, Any, Any], session_id: FromPath[str], run_id: FromPath[str]
 ) -> dict[str, Any]:
-    """Ask the worker running ``run_id`` to stop; it publishes the one ``run.cancelled``."""
+    """Ask the worker running ``run_id`` to stop; it publishes the one ``run.cancelled``.
+
+    A run no worker holds (none took it yet, or its worker is gone) is cancelled here and
+    now; a frozen worker's run is cancelled by the reaper once its lease expires."""
     sid = _check_id(session_id, "session_id")
     rt, _ = _authz(request, "command", sid)
     _check_id(run_id, "run_id")
@@ -571,7 +582,7 @@ async def cancel_run(
     if meta.run_id != run_id or meta.status != "running":
         raise ApiError(409, "run_not_active", f"run {run_id!r} is not running")
     await rt.streams.request_cancel(sid, run_id)
-    await rt.streams.enqueue_command({"kind": "cancel", "session_id": sid, "run_id": run_id})
+    await end_orphan(rt.publisher, sid, run_id)
     return {}
 
 
@@ -608,7 +619,7 @@ async def activity(request: Request[Any, Any, Any]) -> Stream:
     rt, who = _authz(request, "view")
     rt.refuse_if_draining()
     after = _last_event_id(request) or await rt.streams.last_activity_id()
-    return _sse(activity_frames(rt.deps, after, who.sees, await _admit(rt, who)))
+    return _sse(activity_frames(rt.deps, after, who.sees, await _admit(rt, who), who.expires))
 
 
 async def _mux(
@@ -729,7 +740,12 @@ async def mux_events(request: Request[Any, Any, Any], mux_id: FromPath[str]) -> 
     await rt.hub.evict(channel, mux_id, token)
     rt.metrics.attaches.inc()
     stream = MuxStream(
-        rt.deps, mux_id=mux_id, token=token, visible=who.sees, slot=await _admit(rt, who)
+        rt.deps,
+        mux_id=mux_id,
+        token=token,
+        visible=who.sees,
+        slot=await _admit(rt, who),
+        expires=who.expires,
     )
     return _sse(stream.frames())
 
@@ -854,13 +870,16 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         rt = Runtime(settings, streams, Publisher.from_settings(streams, settings), hub, m, auth)
         rt.background.append(
             asyncio.create_task(
-                reap_forever(streams, rt.publisher, settings.run_lease_ttl / 3), name="reaper"
+                reap_forever(
+                    streams, rt.publisher, settings.run_lease_ttl / 3, settings.requeue_grace
+                ),
+                name="reaper",
             )
         )
         if run_worker:
-            from gateway.worker import DemoWorker
+            from gateway.worker import demo_worker
 
-            worker = DemoWorker(streams, rt.publisher, settings)
+            worker = demo_worker(streams, rt.publisher, settings)
             rt.background.append(asyncio.create_task(worker.run_forever()))
         app.state.runtime = rt
         restore_signals = _drain_on_signals(rt)
@@ -869,9 +888,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         finally:
             restore_signals()
             for task in rt.background:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+                await cancel_and_wait(task, task.get_name())
             await hub.stop()
             await redis.aclose()
 

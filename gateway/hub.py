@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.aio import cancel_and_wait
 from gateway.cluster import ShardedPubSub
 from gateway.metrics import Metrics
 from gateway.streams import StoredEvent, parse_live_frame
@@ -172,6 +173,11 @@ class Hub:
         # a lock: concurrent first subscribes each take one, and all but the last are
         # orphaned (their channels never deliver, the pool shrinks). One at a time.
         self._subscribing = asyncio.Lock()
+        # Channels whose SUBSCRIBE failed (Redis unreachable): retried in the background;
+        # their viewers rely on catch-up reads until Redis confirms.
+        self._failed: set[str] = set()
+        self._recovering: set[str] = set()
+        self._retry_task: asyncio.Task[None] | None = None
         self._closing = False
         self.draining = False
 
@@ -186,10 +192,8 @@ class Hub:
     async def stop(self) -> None:
         """Stop reading and release the Pub/Sub connection."""
         self._closing = True
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        await cancel_and_wait(self._retry_task, "hub subscribe retry")
+        await cancel_and_wait(self._task, "hub reader")
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
@@ -212,31 +216,63 @@ class Hub:
                 loop.call_later(random.uniform(0, spread), sub.drain)
 
     async def subscribe(self, channel: str, sub: Subscriber) -> None:
-        """Register ``sub`` on ``channel``; waits (bounded) for Redis to confirm."""
+        """Register ``sub`` on ``channel``; waits (bounded) for Redis to confirm.
+
+        If the SUBSCRIBE fails (Redis unreachable) it returns at once with ``sub`` flagged
+        to catch up from the log; the channel is subscribed again in the background, and
+        its viewers catch up once more when Redis confirms.
+        """
         assert self._pubsub is not None, "hub not started"
         if self.draining:
             sub.drain()
         subs = self._subs.get(channel)
         if subs is not None:
             subs.add(sub)
-            confirmed = self._confirmed.get(channel)
-            if confirmed is not None and not confirmed.is_set():
-                await self._wait(channel, confirmed)
+            confirmed = self._confirmed[channel]
+            if not confirmed.is_set():
+                if channel in self._failed:
+                    sub.lost_frames()  # no live frames yet: read the log meanwhile
+                else:
+                    await self._wait(channel, confirmed)
             return
         self._subs[channel] = {sub}
         confirmed = asyncio.Event()
         self._confirmed[channel] = confirmed
         self.metrics.hub_channels.set(len(self._subs))
+        if await self._subscribe(channel):
+            await self._wait(channel, confirmed)
+
+    async def _subscribe(self, channel: str) -> bool:
+        """Send SUBSCRIBE for ``channel``; False (and a retry scheduled) when it failed."""
+        assert self._pubsub is not None
         try:
             async with self._subscribing:
+                if channel not in self._subs:
+                    return False  # every viewer left meanwhile
                 await self._pubsub.subscribe(channel)
-        except Exception:
+        except Exception as exc:
             self.metrics.redis_errors.inc()
-            log.warning("hub: subscribe %s failed; viewer relies on catch-up", channel)
-            sub.lost_frames()
-            return
+            log.warning("hub: subscribe %s failed (%r); retrying in the background", channel, exc)
+            self._failed.add(channel)
+            self._recovering.add(channel)
+            for sub in self._subs.get(channel, ()):
+                sub.lost_frames()
+            if self._retry_task is None or self._retry_task.done():
+                self._retry_task = asyncio.create_task(self._retry(), name="hub-resubscribe")
+            return False
         self._active.set()
-        await self._wait(channel, confirmed)
+        return True
+
+    async def _retry(self) -> None:
+        """Subscribe the failed channels again, with backoff, until none is left."""
+        backoff = 0.1
+        while self._failed and not self._closing:
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+            for channel in list(self._failed):
+                self._failed.discard(channel)
+                if channel in self._subs and not await self._subscribe(channel):
+                    break  # still unreachable: _subscribe put it back
 
     async def _wait(self, channel: str, confirmed: asyncio.Event) -> None:
         if not await wait_event(confirmed, SUBSCRIBE_TIMEOUT):
@@ -274,6 +310,8 @@ class Hub:
             return
         del self._subs[channel]
         self._confirmed.pop(channel, None)
+        self._failed.discard(channel)
+        self._recovering.discard(channel)
         self.metrics.hub_channels.set(len(self._subs))
         if self._pubsub is not None and not self._closing:
             task = asyncio.create_task(self._unsubscribe(channel))
@@ -321,6 +359,12 @@ class Hub:
             ev = self._confirmed.get(channel)
             if ev is not None:
                 ev.set()
+            if channel in self._recovering:
+                # Its viewers caught up while the SUBSCRIBE was failing, and frames published
+                # until now reached nobody: they read the log once more.
+                self._recovering.discard(channel)
+                for sub in self._subs.get(channel, ()):
+                    sub.lost_frames()
             return
         if kind == "sresubscribe":
             # Re-subscribed after a failover or a moved slot: frames meanwhile were lost.

@@ -1,61 +1,89 @@
-"""Leases: who is running a run, and ending runs whose worker died.
+"""Leases: who is running a run, fencing tokens, and ending runs whose worker is gone.
 
-A worker holds a lease on the run it plays (a Redis key with a TTL, renewed at a third of
-it). The gateway takes a first lease, ``queued``, when it accepts a run, lasting
-``run_pickup_timeout``, so a run no worker picks up is not left running forever. The reaper
-runs in every gateway and worker process: for each session in the running index it tries a
-guarded publish of ``run.failed`` {error, reason: "interrupted"} that succeeds only if the run
-is still active, had a holder, and its lease has expired. A worker can take a run only from
-the ``queued`` holder, never from another worker, so a dead worker's run is ended, not
-replayed. The guard is checked inside the
-publish script, so racing reapers produce exactly one terminal event.
+Every run has a lease from its first instant: the publish script that writes ``run.started``
+also takes the ``queued`` lease (``run_pickup_timeout``). A worker takes the run over from
+``queued`` with :class:`RunLease` (TTL ``run_lease_ttl``, renewed at a third of it) and gets a
+**fencing token** that only grows; it publishes with that token, and the publish script
+refuses its events once the token is no longer current (M. Kleppmann, "How to do distributed
+locking", 2016). A worker can take a run only from ``queued``, never from another worker, so
+a dead worker's run is ended, not replayed; a draining worker *hands back* its run (a new
+token, ``queued`` again) so another worker continues it.
+
+The reaper runs in every gateway and worker process. For each session in the running index
+whose active run has no live lease, whatever its holder field says, it publishes the run's one
+terminal: ``run.cancelled`` if a cancel was asked, else ``run.failed``
+``{reason: "interrupted"}``. The condition is checked inside the publish script, so racing
+reapers and a late worker produce exactly one terminal. The reaper also re-sends the command
+of a run still ``queued`` after a grace period (the gateway died before sending it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from types import TracebackType
 
+from gateway.aio import cancel_and_wait
 from gateway.publisher import EventIn, Publisher
 from gateway.streams import PublishRejected, Streams
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED = {"error": "the worker running this run stopped responding", "reason": "interrupted"}
+QUEUED = "queued"
 
 
 class RunLease:
     """Hold the lease of one run while a worker plays it (``async with``).
 
+    ``token`` is the fencing token to publish with (0 when the lease could not be taken).
     ``lost`` is True when the lease could not be taken (the run ended, or another worker
-    held it) or a renewal failed (the run was reaped); the holder must then stop
-    publishing for the run.
+    holds it) or a renewal was refused (the run was ended or handed over); the holder must
+    then stop publishing for the run. Set ``hand_back`` before leaving the block to give the
+    run back to the queue (a draining worker) instead of releasing it.
     """
 
-    def __init__(self, streams: Streams, session_id: str, run_id: str, holder: str, ttl: float):
+    def __init__(
+        self,
+        streams: Streams,
+        session_id: str,
+        run_id: str,
+        holder: str,
+        ttl: float,
+        pickup_timeout: float = 60.0,
+    ) -> None:
         self.streams, self.sid, self.run_id = streams, session_id, run_id
-        self.holder, self.ttl = holder, ttl
+        self.holder, self.ttl, self.pickup_timeout = holder, ttl, pickup_timeout
+        self.token = 0
         self.lost = False
+        self.hand_back = False
+        self.handed_back = False
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RunLease:
-        if not await self.streams.lease("acquire", self.sid, self.run_id, self.holder, self.ttl):
-            self.lost = True  # the run is no longer active
+        self.token = await self.streams.lease(
+            "acquire", self.sid, self.run_id, self.holder, self.ttl
+        )
+        if not self.token:
+            self.lost = True  # the run is no longer active, or another worker holds it
         else:
-            self._task = asyncio.create_task(self._renew())
+            self._task = asyncio.create_task(self._renew(), name=f"lease-{self.run_id}")
         return self
 
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self.ttl / 3)
             try:
-                ok = await self.streams.lease("renew", self.sid, self.run_id, self.holder, self.ttl)
-            except Exception:
-                log.warning("lease: renewal of %s failed; retrying", self.run_id)
+                ok = await self.streams.lease(
+                    "renew", self.sid, self.run_id, self.holder, self.ttl, self.token
+                )
+            except Exception as exc:
+                # Redis is unreachable: keep trying. The token stays valid until someone else
+                # ends the run; if a reaper does, the next renewal (and publish) is refused.
+                log.warning("lease: renewal of %s failed (%r); retrying", self.run_id, exc)
                 continue
             if not ok:
+                log.warning("lease: %s was ended or handed over elsewhere", self.run_id)
                 self.lost = True
                 return
 
@@ -65,42 +93,79 @@ class RunLease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-        with contextlib.suppress(Exception):
-            await self.streams.lease("release", self.sid, self.run_id, self.holder, self.ttl)
+        await cancel_and_wait(self._task, f"lease renewal of {self.run_id}")
+        if self.lost or not self.token:
+            return
+        op, ttl = ("handback", self.pickup_timeout) if self.hand_back else ("release", self.ttl)
+        try:
+            res = await self.streams.lease(op, self.sid, self.run_id, self.holder, ttl, self.token)
+        except Exception as e:
+            # Nothing is lost: the lease expires and a reaper ends the run (or, for a hand
+            # back, it is ended as interrupted instead of continued).
+            log.warning("lease: %s of %s failed: %r", op, self.run_id, e)
+            return
+        self.handed_back = self.hand_back and bool(res)
 
 
-async def reap_once(streams: Streams, publisher: Publisher) -> list[str]:
-    """End every run whose lease expired; returns the session ids it ended."""
+async def end_orphan(publisher: Publisher, session_id: str, run_id: str) -> bool:
+    """Publish ``run.cancelled`` for a run no worker holds (no live lease, or only the
+    ``queued`` one); False when a worker holds it (it sees the cancel flag itself)."""
+    try:
+        await publisher.publish_batch(
+            session_id, [EventIn("run.cancelled", {}, run_id)], guard="orphan"
+        )
+    except PublishRejected:
+        return False
+    return True
+
+
+async def reap_once(
+    streams: Streams, publisher: Publisher, requeue_grace_s: float = 5.0
+) -> list[str]:
+    """End every active run that has no live lease; returns the session ids it ended.
+
+    Also forgets sessions whose run ended, and re-sends the command of runs still
+    ``queued`` after ``requeue_grace_s`` seconds (once per queued period).
+    """
     ended = []
-    for sid in await streams.running_sessions():
+    for sid, score in await streams.running_sessions():
         meta = await streams.meta(sid)
         if meta is None or meta.status != "running":
-            # Its end is being (or was) recorded by the publisher; the entry is stale.
-            await streams.forget_running(sid)
+            # Its end was recorded; forget it unless a new run was marked meanwhile.
+            await streams.forget_running(sid, score)
             continue
         run_id = meta.run_id
-        if not await streams.run_holder(sid) or await streams.lease_holder(sid):
+        holder = await streams.lease_holder(sid)
+        if holder == QUEUED:
+            command = await streams.take_requeue(sid, requeue_grace_s)
+            if command is not None:
+                log.warning("reaper: sending the command of queued run %s again", run_id)
+                await streams.enqueue_command(command)
             continue
+        if holder is not None:
+            continue
+        cancelled = meta.cancel_requested == run_id
+        terminal = (
+            EventIn("run.cancelled", {}, run_id)
+            if cancelled
+            else EventIn("run.failed", dict(INTERRUPTED), run_id)
+        )
         try:
-            await publisher.publish_batch(
-                sid, [EventIn("run.failed", dict(INTERRUPTED), run_id)], guard="interrupt"
-            )
+            await publisher.publish_batch(sid, [terminal], guard="interrupt")
         except PublishRejected:
             continue  # another reaper won, or the worker came back
-        log.warning("reaper: run %s of %s interrupted (lease expired)", run_id, sid)
+        log.warning("reaper: run %s of %s ended (%s; no live lease)", run_id, sid, terminal.type)
         ended.append(sid)
     return ended
 
 
-async def reap_forever(streams: Streams, publisher: Publisher, interval: float) -> None:
+async def reap_forever(
+    streams: Streams, publisher: Publisher, interval: float, requeue_grace_s: float = 5.0
+) -> None:
     """Run :func:`reap_once` every ``interval`` seconds until cancelled."""
     while True:
         try:
-            await reap_once(streams, publisher)
+            await reap_once(streams, publisher, requeue_grace_s)
         except asyncio.CancelledError:
             raise
         except Exception:

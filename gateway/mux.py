@@ -22,6 +22,7 @@ import anyio
 from gateway import offsets
 from gateway.connections import (
     SUPERSEDED,
+    TOKEN_EXPIRED,
     Consumer,
     EventStream,
     OffsetAhead,
@@ -30,6 +31,8 @@ from gateway.connections import (
     drain_frame,
     release_slot,
     resolve,
+    seconds_left,
+    until,
 )
 from gateway.hub import Slot, Subscriber, wait_event
 
@@ -78,10 +81,14 @@ class ActivityCursor:
 
 
 async def activity_frames(
-    deps: StreamDeps, after: str, visible: Visible = _everything, slot: Slot | None = None
+    deps: StreamDeps,
+    after: str,
+    visible: Visible = _everything,
+    slot: Slot | None = None,
+    expires: float | None = None,
 ) -> AsyncIterator[bytes]:
     """The activity feed as SSE, after stream id ``after`` (``GET /v1/activity``), of the
-    sessions ``visible`` to the viewer."""
+    sessions ``visible`` to the viewer, until the token's ``expires`` (Unix seconds)."""
     streams, hub, settings, metrics = deps.streams, deps.hub, deps.settings, deps.metrics
     inbox: list[str] = []
     sub = Subscriber(settings.queue_size, on_raw=inbox.append)
@@ -105,16 +112,31 @@ async def activity_frames(
             if sub.kicked:
                 yield SUPERSEDED
                 return
+            left = seconds_left(expires)
+            if left is not None and left <= 0:
+                yield TOKEN_EXPIRED
+                return
             sub.wakeup.clear()
             if inbox or sub.draining or sub.kicked:
                 continue
-            if not await wait_event(sub.wakeup, settings.heartbeat_interval):
-                yield b": hb\n\n"
+            if not await wait_event(sub.wakeup, until(settings.heartbeat_interval, expires)):
+                left = seconds_left(expires)
+                if left is None or left > 0:
+                    yield b": hb\n\n"
     finally:
         hub.unsubscribe(streams.activity_channel, sub)
         gauge.dec()
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await release_slot(streams, hub, slot, sub)
+        with anyio.CancelScope(shield=True):
+            await _release(deps, slot, sub)
+
+
+async def _release(deps: StreamDeps, slot: Slot | None, sub: Subscriber) -> None:
+    """Give back a stream's slot; a failure is logged (the entry ages out by itself)."""
+    try:
+        await release_slot(deps.streams, deps.hub, slot, sub)
+    except Exception as exc:
+        deps.metrics.redis_errors.inc()
+        log.warning("stream slot release failed: %r", exc)
 
 
 class MuxStream:
@@ -122,6 +144,8 @@ class MuxStream:
 
     ``token`` identifies this attachment: a newer attachment of the same mux ends this one.
     ``visible`` says which sessions the viewer's token may read: others are not streamed.
+    ``expires`` is the token's ``exp`` (Unix seconds): the stream then ends with
+    ``event: close`` ``{"reason": "token_expired"}`` and the client resumes with a fresh token.
     """
 
     def __init__(
@@ -132,8 +156,10 @@ class MuxStream:
         token: str,
         visible: Visible = _everything,
         slot: Slot | None = None,
+        expires: float | None = None,
     ) -> None:
         self.deps = deps
+        self.expires = expires
         self.visible = visible
         self.slot = slot
         self.streams, self.hub = deps.streams, deps.hub
@@ -189,6 +215,10 @@ class MuxStream:
                 if ctl.draining:
                     yield drain_frame(self.settings)
                     return
+                left = seconds_left(self.expires)
+                if left is not None and left <= 0:
+                    yield TOKEN_EXPIRED
+                    return
                 chunks = [f.encode() for f in cursor.frames(self.activity)]
                 self.activity.clear()
                 control, self.control = self.control, []
@@ -202,7 +232,11 @@ class MuxStream:
                     yield b"".join(chunks)
                     continue
                 # Every producer sets the wake event after queueing, so it is enough.
-                if not await wait_event(self.wake, self.settings.heartbeat_interval):
+                wait = until(self.settings.heartbeat_interval, self.expires)
+                if not await wait_event(self.wake, wait):
+                    left = seconds_left(self.expires)
+                    if left is not None and left <= 0:
+                        continue  # the loop's top ends the stream
                     self.metrics.heartbeats.inc()
                     await self.streams.get_mux(self.mux_id, self.settings.connection_ttl)
                     yield b": hb\n\n"
@@ -213,8 +247,7 @@ class MuxStream:
             # The response is being cancelled (client gone): shield the bounded teardown.
             with anyio.CancelScope(shield=True):
                 await self._stop_all()
-                with contextlib.suppress(Exception):
-                    await release_slot(self.streams, self.hub, self.slot, ctl)
+                await _release(self.deps, self.slot, ctl)
 
     async def _stop_all(self) -> None:
         """Cancel every pump, draining the queue so none stays blocked on a full one."""

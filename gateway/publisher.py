@@ -11,6 +11,7 @@ keys of its own Cluster slot.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -62,8 +63,10 @@ class Publisher:
         max_depth: int = events.MAX_DEPTH,
         keep_after_run: int = 0,
         session_ttl_s: float = 30 * 86_400,
+        pickup_timeout_s: float = 60.0,
     ) -> None:
         self.streams = streams
+        self.pickup_ms = int(pickup_timeout_s * 1000)
         self.keep_after_run = keep_after_run
         self.session_ttl_s = session_ttl_s
         self.retention_maxlen = retention_maxlen
@@ -86,6 +89,7 @@ class Publisher:
             max_depth=settings.max_event_depth,
             keep_after_run=settings.retention_after_run,
             session_ttl_s=settings.session_ttl,
+            pickup_timeout_s=settings.run_pickup_timeout,
         )
 
     async def publish(
@@ -104,14 +108,21 @@ class Publisher:
         session_id: str,
         batch: Sequence[EventIn],
         *,
-        exclusive_run: bool = False,
         guard: str | None = None,
+        fence: int | None = None,
+        command: dict[str, str] | None = None,
     ) -> list[str]:
         """Append ``batch`` atomically and in order; returns the offsets, one per event.
 
-        ``exclusive_run`` refuses a ``run.started`` while another run is active
-        (``PublishRejected("run_active")``); ``guard`` passes a raw guard to the script
+        A ``run.started`` is refused while another run is active
+        (``PublishRejected("run_active")``), takes the run's ``queued`` lease for the pickup
+        timeout and keeps ``command`` (the worker command of the run) in the same script.
+        ``fence`` is a worker's fencing token; ``guard`` passes a raw guard to the script
         (see :meth:`gateway.streams.Streams.publish`).
+
+        Raises:
+            gateway.events.InvalidEvent: malformed input, before anything is stored.
+            gateway.streams.PublishRejected: the log refused the batch (its ``code``).
         """
         if not events.valid_id(session_id):
             raise events.InvalidEvent("invalid_id", f"session_id {session_id!r} is not valid")
@@ -126,12 +137,18 @@ class Publisher:
             )
             for e in batch
         ]
+        if any(e.type == "run.started" for e in batch):
+            # Before the start: the reapers' index must never miss a running session.
+            await self.streams.mark_running(session_id)
         result = await self.streams.publish(
             session_id,
             encoded,  # type: ignore[arg-type]
             maxlen=self.retention_maxlen,
-            guard=guard or ("1" if exclusive_run else "0"),
+            guard=guard or "0",
             producer=(self.producer_id, next(self._batch_seq)),
+            fence=fence,
+            pickup_ms=self.pickup_ms,
+            command=json.dumps(command, separators=(",", ":")) if command else "",
         )
         await self._record_activity(session_id, batch, result)
         if self.keep_after_run and any(e.type in events.TERMINAL for e in batch):
@@ -166,14 +183,25 @@ class Publisher:
         await self.streams.record_activity(session_id, change)
 
     async def start_run(
-        self, session_id: str, input: str, *, run_id: str | None = None, exclusive: bool = False
+        self,
+        session_id: str,
+        input: str,
+        *,
+        run_id: str | None = None,
+        command: dict[str, str] | None = None,
     ) -> Run:
-        """Publish ``run.started`` and return a :class:`Run` handle for the rest of the turn."""
+        """Publish ``run.started`` and return a :class:`Run` handle for the rest of the turn.
+
+        The start, the run's ``queued`` lease and ``command`` are written by one script.
+        A run driven by this handle (no worker) stays alive while it publishes; one silent
+        for the pickup timeout is ended as interrupted by a reaper.
+
+        Raises:
+            gateway.streams.PublishRejected: ``run_active`` or ``run_exists``.
+        """
         run = Run(self, session_id, run_id or new_run_id())
         await self.publish_batch(
-            session_id,
-            [EventIn("run.started", {"input": input}, run.run_id)],
-            exclusive_run=exclusive,
+            session_id, [EventIn("run.started", {"input": input}, run.run_id)], command=command
         )
         return run
 
@@ -185,14 +213,23 @@ def new_run_id() -> str:
 
 @dataclass
 class Run:
-    """Helpers for one run: each method publishes one event of ``run_id``, returns its offset."""
+    """Helpers for one run: each method publishes one event of ``run_id``, returns its offset.
+
+    ``fence`` is the fencing token of the worker's lease (None: an unfenced publisher);
+    with it every event is refused once the lease is lost (``PublishRejected``
+    ``lease_lost`` or ``run_ended``), and the worker must stop at the first refusal.
+    """
 
     publisher: Publisher
     session_id: str
     run_id: str
+    fence: int | None = None
 
     async def _emit(self, type: str, data: dict[str, Any]) -> str:
-        return await self.publisher.publish(self.session_id, type, data, run_id=self.run_id)
+        offs = await self.publisher.publish_batch(
+            self.session_id, [EventIn(type, data, self.run_id)], fence=self.fence
+        )
+        return offs[0]
 
     async def text_delta(self, text: str) -> str:
         """``message.delta``: a piece of the answer."""

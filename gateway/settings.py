@@ -102,3 +102,13 @@ class Settings(BaseSettings):
     command_claim_idle: float = Field(
         default=60.0, gt=0, description="Unacked command age before another worker reclaims it."
     )
+    worker_drain_timeout: float = Field(
+        default=20.0,
+        ge=0,
+        description="Worker SIGTERM: how long runs may finish before they are handed back.",
+    )
+
+    @property
+    def requeue_grace(self) -> float:
+        """Seconds a run may stay ``queued`` before a reaper sends its command again."""
+        return min(5.0, self.run_pickup_timeout / 2)

@@ -11,14 +11,18 @@ key of one session lives on one shard and its scripts stay single-slot):
 ``gw:{sid}:conn:<cid>``         hash: a consumer's committed offset, commit mode, attach
                                 token; expires when unused
 ``gw:{sid}:snap``               hash: the latest stored snapshot and its offset
-``gw:{sid}:lease``              string: the holder of the active run's lease (expires)
+``gw:{sid}:lease``              string: the holder of the active run's lease (expires);
+                                ``queued`` from the run's start until a worker takes it
+``gw:{sid}:runs``               hash: run_id → ``running`` | ``completed`` | ``failed`` |
+                                ``cancelled`` (one terminal per run, nothing after it)
 ``gw:{sid}:producers``          hash: producer id → results of its last 32 batches, so a
                                 retried batch is not appended twice (idempotent producer)
 ``gw:{sid}:live``               Pub/Sub channel: new entries (``E`` frames) and attach
                                 take-overs (``K`` frames)
 ``gw:{_global}:sessions``       sorted set: session id scored by last activity (ms)
 ``gw:{_global}:activity``       capped Stream of session status changes (+ channel ``…:live``)
-``gw:{_global}:running``        sorted set: sessions with a running run (for the lease reaper)
+``gw:{_global}:running``        sorted set: sessions that may have an active run (a superset
+                                read by the lease reapers), scored by ``…:running:n``
 ``gw:{_global}:commands``       Stream of browser commands, read by workers as a consumer group
 ``gw:{m:<mux>}``                hash: a browser's multiplexed stream: ``c:<sid>`` → its
                                 connection id, ``a:<sid>`` → subscribed; expires when unused
@@ -226,6 +230,9 @@ class Streams:
         self._activity = _Script(redis, "activity.lua")
         self._lease = _Script(redis, "lease.lua")
         self._slots = _Script(redis, "slots.lua")
+        self._running = _Script(redis, "running.lua")
+        self._requeue = _Script(redis, "requeue.lua")
+        self._snapshot = _Script(redis, "snapshot.lua")
 
     async def _retrying(self, op: Callable[[], Awaitable[T]]) -> T:
         """Run a publish-path command through a Redis restart or failover.
@@ -291,21 +298,31 @@ class Streams:
         maxlen: int,
         guard: str = "0",
         producer: tuple[str, int] | None = None,
+        fence: int | None = None,
+        pickup_ms: int = 60_000,
+        command: str = "",
     ) -> PublishResult:
         """Append ``events`` (type, run_id, data JSON, aux1, aux2) atomically, in one round trip.
 
-        ``guard``: ``"1"`` refuses a ``run.started`` while a run is active; ``"interrupt"``
-        publishes only if the batch's run is active, leased, and its lease expired.
-        ``producer`` is (producer id, batch sequence): sending the same pair again returns
-        the first result and appends nothing, so a publish retried after a lost reply (a
-        failover, a dropped connection) is never duplicated. Connection errors are retried
-        for up to ``publish_retry_s`` seconds on one node (a Redis restart), and for the
-        cluster client's own budget on a cluster (a failover).
+        The script (``lua/publish.lua``) enforces the run lifecycle: a run starts once and
+        only while none is active, and its ``run.started`` takes the ``queued`` lease for
+        ``pickup_ms`` and keeps ``command`` (the run's worker command, JSON) with it; a run
+        has exactly one terminal event and nothing after it.
+
+        ``guard``: ``"interrupt"`` publishes only if the batch's run is active and has no live
+        lease (the reaper); ``"orphan"``, also if only the ``queued`` lease holds it (a cancel
+        no worker will see). ``fence`` is a worker's fencing token (from :meth:`lease`): the
+        batch is refused once the token is not the session's current one. ``producer`` is
+        (producer id, batch sequence): sending the same pair again returns the first result
+        and appends nothing, so a publish retried after a lost reply is never duplicated.
+        Connection errors are retried for up to ``publish_retry_s`` seconds on one node (a
+        Redis restart), and for the cluster client's own budget on a cluster (a failover).
 
         Raises:
-            PublishRejected: an approval was unknown/already resolved (``approval_not_found``,
-                ``approval_already_resolved``), a run is active (``run_active``), or the
-                interrupt guard did not hold (``guard_failed``).
+            PublishRejected: ``approval_not_found``, ``approval_already_resolved``,
+                ``run_active`` (a run is active), ``run_exists`` (that run id already
+                started), ``run_ended`` (an event of a run that has its terminal),
+                ``lease_lost`` (a fenced batch whose token was superseded), ``guard_failed``.
         """
         args: list[str | int] = [
             offsets.new_epoch(),
@@ -316,6 +333,9 @@ class Streams:
             len(events),
             producer[0] if producer else "",
             producer[1] if producer else 0,
+            "" if fence is None else fence,
+            max(1, pickup_ms),
+            command,
         ]
         for ev in events:
             args.extend(ev)
@@ -325,6 +345,7 @@ class Streams:
             self._k(sid, "approvals"),
             self._k(sid, "lease"),
             self._k(sid, "producers"),
+            self._k(sid, "runs"),
         ]
         # Retried through a Redis restart or failover with the same (producer, sequence), so
         # a batch whose reply was lost is answered from the producers hash, not appended again.
@@ -336,34 +357,52 @@ class Streams:
     async def record_activity(self, sid: str, change: dict[str, Any]) -> None:
         """Index the session and append ``change`` to the activity feed (low volume)."""
         payload = json.dumps({"session_id": sid, **change}, separators=(",", ":"))
-        keys = [self._sessions_key, self._activity_key, self._running_key]
+        keys = [self._sessions_key, self._activity_key]
         args: list[str | int] = [
             sid,
             payload,
             self.activity_channel,
             ACTIVITY_MAXLEN,
             self.publish_command,
-            change.get("status") or "",
         ]
         # Part of a publish: ride out the same outages (a repeat only repeats a feed entry).
         await self._retrying(lambda: self._activity(keys=keys, args=args))
 
     # --- run leases ------------------------------------------------------------------------
-    async def lease(self, op: str, sid: str, run_id: str, holder: str, ttl_s: float) -> bool:
-        """``acquire``/``renew``/``release`` the lease of ``run_id`` (see lua/lease.lua)."""
+    async def lease(
+        self, op: str, sid: str, run_id: str, holder: str, ttl_s: float, token: int = 0
+    ) -> int:
+        """``acquire``/``renew``/``release``/``handback`` the lease of ``run_id``.
+
+        ``acquire`` returns the new fencing token (0: refused); ``handback`` the token that
+        replaces ``token``; the others 1 on success, 0 when the lease is lost. See
+        ``lua/lease.lua``.
+        """
         res = await self._lease(
             keys=[self._k(sid, "meta"), self._k(sid, "lease")],
-            args=[op, run_id, holder, max(1, int(ttl_s * 1000))],
+            args=[op, run_id, holder, max(1, int(ttl_s * 1000)), token],
+        )
+        return int(res or 0)
+
+    async def mark_running(self, sid: str) -> None:
+        """Add ``sid`` to the reapers' index; called before a ``run.started`` is published."""
+        await self._retrying(
+            lambda: self._running(
+                keys=[self._running_key, f"{self._running_key}:n"], args=["mark", sid, 0]
+            )
+        )
+
+    async def running_sessions(self, limit: int = 10_000) -> list[tuple[str, int]]:
+        """Sessions that may have an active run, as (session id, index score)."""
+        pairs = await self.redis.zrange(self._running_key, 0, limit - 1, withscores=True)
+        return [(str(sid), int(score)) for sid, score in pairs]
+
+    async def forget_running(self, sid: str, score: int) -> bool:
+        """Drop ``sid`` from the index unless it was marked again since it scored ``score``."""
+        res = await self._running(
+            keys=[self._running_key, f"{self._running_key}:n"], args=["forget", sid, score]
         )
         return bool(res)
-
-    async def running_sessions(self, limit: int = 10_000) -> list[str]:
-        """Sessions that had a run start and no end recorded in the activity feed."""
-        return cast(list[str], await self.redis.zrange(self._running_key, 0, limit - 1))
-
-    async def forget_running(self, sid: str) -> None:
-        """Drop a stale entry of the running index."""
-        await self.redis.zrem(self._running_key, sid)
 
     async def lease_holder(self, sid: str) -> str | None:
         """The current holder of the session's run lease, or None when none is held."""
@@ -372,6 +411,19 @@ class Streams:
     async def run_holder(self, sid: str) -> str:
         """Who took the active run's lease (a worker, or ``queued``); '' when nobody."""
         return await _a(self.redis.hget(self._k(sid, "meta"), "run_holder")) or ""
+
+    async def run_state(self, sid: str, run_id: str) -> str | None:
+        """``running``, ``completed``, ``failed``, ``cancelled``, or None for an unknown run."""
+        return await _a(self.redis.hget(self._k(sid, "runs"), run_id))
+
+    async def take_requeue(self, sid: str, grace_s: float) -> dict[str, str] | None:
+        """The command of a run still ``queued`` after ``grace_s`` seconds, once per queued
+        period (see ``lua/requeue.lua``); None when nothing needs sending again."""
+        res = await self._requeue(keys=[self._k(sid, "meta")], args=[int(grace_s * 1000)])
+        if not res:
+            return None
+        command = json.loads(res)
+        return {str(k): str(v) for k, v in command.items()} if isinstance(command, dict) else None
 
     async def ensure_session(self, sid: str) -> tuple[str, int, bool]:
         """Create the session's metadata if absent. Returns (epoch, last seq, created)."""
@@ -424,9 +476,29 @@ class Streams:
         epoch, seq = await _a(self.redis.hmget(self._k(sid, "meta"), ["epoch", "seq"]))
         return epoch, int(seq or 0)
 
-    async def list_sessions(self, limit: int = 200) -> list[SessionMeta]:
-        """The most recently active sessions, newest first (two round trips in all)."""
-        ids = await self.redis.zrevrange(self._sessions_key, 0, limit - 1)
+    async def list_sessions(
+        self,
+        limit: int = 200,
+        visible: Callable[[str], bool] | None = None,
+        *,
+        page: int = 500,
+        scan_max: int = 50_000,
+    ) -> list[SessionMeta]:
+        """The ``limit`` most recently active sessions ``visible`` accepts, newest first.
+
+        The index is paged newest first and filtered by id before any metadata is read, so a
+        token that sees a few old sessions among many others still gets them; at most
+        ``scan_max`` index entries are examined.
+        """
+        ids: list[str] = []
+        start = 0
+        while len(ids) < limit and start < scan_max:
+            chunk = await self.redis.zrevrange(self._sessions_key, start, start + page - 1)
+            ids.extend(s for s in chunk if visible is None or visible(s))
+            if len(chunk) < page:
+                break
+            start += page
+        ids = ids[:limit]
         # (Sessions that expired stay in the index until listed: their metadata is gone.)
 
         def build(pipe: Pipeline) -> None:
@@ -657,7 +729,7 @@ class Streams:
         """Drop log entries older than ``min_seq`` (XTRIM MINID; IDs are ``<seq>-0``) and
         give every key of the session an idle TTL. Returns the entries removed."""
         ms = int(ttl_s * 1000)
-        parts = ("meta", "log", "approvals", "snap", "producers")
+        parts = ("meta", "log", "approvals", "snap", "producers", "runs")
         replies = await self._pipeline(
             lambda p: (
                 p.xtrim(self._k(sid, "log"), minid=f"{min_seq}-0", approximate=False),
@@ -667,11 +739,13 @@ class Streams:
         )
         return int(replies[0])
 
-    async def save_snapshot(self, sid: str, offset: str, state_json: str) -> None:
-        """Store the snapshot folded up to ``offset``."""
-        await _a(
-            self.redis.hset(self._k(sid, "snap"), mapping={"offset": offset, "state": state_json})
+    async def save_snapshot(self, sid: str, offset: str, state_json: str) -> bool:
+        """Store the snapshot folded up to ``offset`` unless the stored one is as new or
+        newer, or the log's epoch changed (``lua/snapshot.lua``). True when stored."""
+        res = await self._snapshot(
+            keys=[self._k(sid, "snap"), self._k(sid, "meta")], args=[offset, state_json]
         )
+        return bool(res)
 
     # --- commands (browser → worker) ------------------------------------------------------
     async def enqueue_command(self, command: dict[str, str]) -> str:

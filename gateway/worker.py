@@ -1,28 +1,35 @@
-"""Worker: the demo agent worker, consuming browser commands and publishing realistic runs.
+"""Worker: the runtime agent workers share. Consumes run commands, holds fenced leases,
+resumes handed-back runs, honours cancel, and drains on SIGTERM.
 
 Commands arrive on the global command stream through the ``workers`` consumer group
-(XREADGROUP); a command is acked when its run has ended, so a worker that crashes mid-run
-leaves it pending and another worker reclaims it with XAUTOCLAIM after ``claim_idle``.
+(XREADGROUP); a command is acked when its run has ended (or was handed back), so a worker that
+crashes mid-run leaves it pending and another worker reclaims it with XAUTOCLAIM after
+``claim_idle`` (and finds the run ended by a reaper, or plays it if it was never taken).
 
-A run, from real input: a title for the session's first run, reasoning, a real tool call
-(``search_docs``: searches the project's README and docs/ for the prompt's words and quotes
-what it finds), an approval request when the prompt asks for one, then the answer streamed
-in tokens at ``tokens_per_second``. Cancel is honoured between any two events. Each run is
-played under a lease (``gateway.leases``), so a worker that dies mid-run has its run ended
-as interrupted by a reaper, and its pending command is reclaimed and skipped.
+An :class:`Agent` plays one :class:`Turn`. Every event it publishes carries the lease's
+fencing token: the first refusal (``run_ended``, ``lease_lost``) stops the run, and nothing
+more is published for it. ``turn.prior`` is the run's state folded from the log: empty for a
+new run, what an earlier holder published for a run handed back to the queue, so an agent
+that can continue (the demo agent) picks up where the other worker stopped.
+
+Drain (SIGTERM, :meth:`Worker.begin_drain`): the worker stops taking commands, lets its runs
+finish for up to ``worker_drain_timeout`` seconds, hands the rest back (a new fencing token,
+holder ``queued``, the command sent again) and exits. A planned restart ends no run as
+interrupted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
-import re
 import socket
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+from gateway import snapshot
 from gateway.leases import RunLease, reap_forever
 from gateway.publisher import Publisher, Run
 from gateway.settings import Settings
@@ -30,45 +37,7 @@ from gateway.streams import PublishRejected, Streams
 
 log = logging.getLogger(__name__)
 
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{2,}")
-_STOP = frozenset(
-    [
-        "the",
-        "and",
-        "for",
-        "with",
-        "that",
-        "this",
-        "from",
-        "what",
-        "how",
-        "does",
-        "can",
-        "you",
-        "are",
-        "was",
-        "were",
-        "will",
-        "into",
-        "about",
-        "please",
-        "tell",
-        "show",
-        "explain",
-        "give",
-        "have",
-        "has",
-        "why",
-        "when",
-        "which",
-        "who",
-        "our",
-        "your",
-        "its",
-    ]
-)
-_APPROVAL = re.compile(r"\b(approv\w*|permission|confirm\w*)\b", re.IGNORECASE)
-_TOKEN = re.compile(r"\s*\S{1,6}|\s+")
+APPROVAL_POLL_S = 0.1
 
 
 class Cancelled(Exception):
@@ -76,67 +45,119 @@ class Cancelled(Exception):
 
 
 class LeaseLost(Exception):
-    """The run's lease was lost (the run was ended as interrupted): stop publishing."""
+    """The run's lease was lost (the run was ended or handed over): stop publishing."""
 
 
-def search_docs(root: Path, query: str, limit: int = 3) -> list[tuple[str, int, str]]:
-    """Lines of ``root``'s README.md and docs/*.md that mention the query's words.
+@dataclass
+class Turn:
+    """One run an :class:`Agent` plays.
 
-    Returns up to ``limit`` ``(relative path, line number, line)`` tuples, best first
-    (most distinct query words on the line).
+    ``run`` publishes with the lease's fencing token. ``prior`` is the run's state folded
+    from its events so far (the run shape of docs/api.md: ``text``, ``reasoning``,
+    ``tools``, ``approvals``); a fresh run has only its ``run.started``.
     """
-    words = {w.lower() for w in _WORD.findall(query)} - _STOP
-    if not words:
-        return []
-    files = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
-    hits: list[tuple[int, str, int, str]] = []
-    for path in files:
-        if not path.is_file():
-            continue
-        for no, line in enumerate(path.read_text("utf-8", "replace").splitlines(), 1):
-            text = line.strip()
-            if len(text) < 20:
-                continue
-            score = sum(1 for w in words if w in text.lower())
-            if score:
-                hits.append((score, str(path.relative_to(root)), no, text))
-    hits.sort(key=lambda h: (-h[0], h[1], h[2]))
-    return [(p, n, t) for _, p, n, t in hits[:limit]]
+
+    session_id: str
+    run_id: str
+    input: str
+    command: dict[str, str]
+    run: Run
+    prior: dict[str, Any]
+    worker: Worker
+    lease: RunLease = field(repr=False)
+
+    async def check(self) -> None:
+        """Raise :class:`LeaseLost` when the lease is gone, :class:`Cancelled` when a browser
+        asked to cancel; call it between events."""
+        if self.lease.lost:
+            raise LeaseLost()
+        if await self.worker.streams.cancel_requested(self.session_id, self.run_id):
+            raise Cancelled()
+
+    async def approval(self, approval_id: str, prompt: str) -> str:
+        """Ask for approval (unless an earlier holder already did) and wait for a browser's
+        decision: ``approve`` or ``deny``.
+
+        Raises:
+            Cancelled, LeaseLost: while waiting.
+        """
+        asked = {a["approval_id"]: a for a in self.prior.get("approvals", [])}
+        if approval_id in asked and asked[approval_id].get("decision"):
+            return str(asked[approval_id]["decision"])
+        if approval_id not in asked:
+            await self.run.request_approval(approval_id, prompt)
+        while True:
+            state = await self.worker.streams.approval_state(self.session_id, approval_id)
+            if state in ("approve", "deny"):
+                return state
+            await self.check()
+            await asyncio.sleep(APPROVAL_POLL_S)
 
 
-def tokens(text: str) -> list[str]:
-    """Split text into LLM-sized pieces (about 4 characters each, spaces kept)."""
-    return _TOKEN.findall(text)
+class Agent(Protocol):
+    """What plays runs: publish through ``turn.run``, call ``turn.check()`` between events,
+    finish with ``turn.run.complete()``. Raise :class:`Cancelled` to end as cancelled; any
+    other exception ends the run as failed."""
+
+    async def play(self, turn: Turn) -> None: ...
 
 
-class DemoWorker:
-    """Runs demo agent turns for commands from the ``workers`` consumer group.
+def remaining(full: str, already: str) -> str:
+    """What is left of ``full`` once ``already`` (a prefix published earlier) is removed."""
+    return full[len(already) :] if full.startswith(already) else full
+
+
+class Worker:
+    """Consumes run commands from the ``workers`` consumer group and plays them with ``agent``.
 
     Args:
-        streams: the Redis layer; publisher: where run events go; settings: pace, name and
-            ``command_claim_idle``.
-    A command unacked for ``settings.command_claim_idle`` seconds is reclaimed.
+        streams: the Redis layer; publisher: where run events go; settings: name, lease and
+            pickup timeouts, ``command_claim_idle``, ``worker_drain_timeout``.
     """
 
-    def __init__(self, streams: Streams, publisher: Publisher, settings: Settings) -> None:
+    def __init__(
+        self, streams: Streams, publisher: Publisher, settings: Settings, agent: Agent
+    ) -> None:
         self.streams = streams
         self.publisher = publisher
         self.settings = settings
+        self.agent = agent
         self.name = settings.worker_name or f"worker-{socket.gethostname()}-{os.getpid()}"
         self.claim_idle = settings.command_claim_idle
-        self.root = settings.docs_dir.parent
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._leases: dict[str, RunLease] = {}
+        self.draining = False
+        self._wake = asyncio.Event()
+        self._runs: dict[asyncio.Task[None], RunLease | None] = {}
+
+    def begin_drain(self) -> None:
+        """Stop taking commands; :meth:`run_forever` then finishes or hands back its runs."""
+        if not self.draining:
+            log.warning("worker %s: draining (%d run(s) in flight)", self.name, len(self._runs))
+        self.draining = True
+        self._wake.set()
 
     async def run_forever(self) -> None:
-        """Consume commands until cancelled."""
+        """Consume commands until cancelled, or until a drain has finished."""
         await self.streams.ensure_command_group()
         reaper = asyncio.create_task(
-            reap_forever(self.streams, self.publisher, self.settings.run_lease_ttl / 3)
+            reap_forever(
+                self.streams,
+                self.publisher,
+                self.settings.run_lease_ttl / 3,
+                self.settings.requeue_grace,
+            ),
+            name="reaper",
         )
-        self._tasks.add(reaper)
+        try:
+            await self._consume()
+            await self._drain()
+        finally:
+            reaper.cancel()
+            for task in list(self._runs):
+                task.cancel()
+
+    async def _consume(self) -> None:
         last_claim = 0.0
-        while True:
+        while not self.draining:
             try:
                 if time.monotonic() - last_claim > self.claim_idle / 2:
                     last_claim = time.monotonic()
@@ -146,141 +167,136 @@ class DemoWorker:
                         self._spawn(cid, fields)
                 t0 = time.monotonic()
                 batch = await self.streams.read_commands(self.name, 10, 1000)
+                if self.draining:
+                    return  # read but not started: left pending, reclaimed by another worker
                 for cid, fields in batch:
                     self._spawn(cid, fields)
                 if not batch and time.monotonic() - t0 < 0.05:
                     # The embedded fakeredis does not honour BLOCK; do not spin.
-                    await asyncio.sleep(0.05)
+                    self._wake.clear()
+                    await _wait(self._wake, 0.05)
             except asyncio.CancelledError:
-                for task in self._tasks:
-                    task.cancel()
                 raise
             except Exception:
                 log.exception("worker: command loop error; retrying")
-                await asyncio.sleep(1.0)
+                self._wake.clear()
+                await _wait(self._wake, 1.0)
+
+    async def _drain(self) -> None:
+        tasks = list(self._runs)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.settings.worker_drain_timeout)
+        for task in pending:
+            lease = self._runs.get(task)
+            if lease is not None:
+                lease.hand_back = True
+            task.cancel()
+        if pending:
+            log.warning("worker %s: handing back %d run(s)", self.name, len(pending))
+            await asyncio.wait(pending, timeout=10)
 
     def _spawn(self, command_id: str, fields: dict[str, str]) -> None:
         task = asyncio.create_task(self._handle(command_id, fields))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._runs[task] = None
+        task.add_done_callback(lambda t: self._runs.pop(t, None))
 
     async def _handle(self, command_id: str, fields: dict[str, str]) -> None:
         try:
             if fields.get("kind") == "run":
-                meta = await self.streams.meta(fields["session_id"])
-                # A reclaimed command whose run already ended must not play again.
-                if meta and meta.run_id == fields["run_id"] and meta.status == "running":
-                    await self.run_turn(fields["session_id"], fields["run_id"], fields["input"])
+                await self._play_command(fields)
         except asyncio.CancelledError:
-            raise  # the worker is stopping; the command stays pending for another worker
+            lease = self._runs.get(asyncio.current_task())  # type: ignore[arg-type]
+            if lease is None or not lease.handed_back:
+                raise  # stopping: the command stays pending for another worker
+            await self._requeue(command_id, fields)
+            raise
         except Exception:
             log.exception("worker: command %s failed", command_id)
         await self.streams.ack_command(command_id)
 
-    async def run_turn(self, session_id: str, run_id: str, text: str) -> None:
-        """Play one run whose ``run.started`` the gateway already published."""
-        run = Run(self.publisher, session_id, run_id)
-        lease = RunLease(self.streams, session_id, run_id, self.name, self.settings.run_lease_ttl)
+    async def _requeue(self, command_id: str, fields: dict[str, str]) -> None:
+        try:
+            await self.streams.enqueue_command(fields)
+            await self.streams.ack_command(command_id)
+        except Exception as exc:
+            # The run is queued again either way: the reaper re-sends its command.
+            log.warning("worker: re-sending the command of a handed-back run failed: %r", exc)
+
+    async def _play_command(self, fields: dict[str, str]) -> None:
+        """Play the run a command names (a drain may hand it back: see ``_drain``)."""
+        sid, run_id = fields["session_id"], fields["run_id"]
+        meta = await self.streams.meta(sid)
+        # A reclaimed or repeated command whose run already ended must not play again.
+        if meta is None or meta.run_id != run_id or meta.status != "running":
+            return
+        lease = RunLease(
+            self.streams,
+            sid,
+            run_id,
+            self.name,
+            self.settings.run_lease_ttl,
+            self.settings.run_pickup_timeout,
+        )
+        me = asyncio.current_task()
+        assert me is not None
+        self._runs[me] = lease
         async with lease:
             if lease.lost:
                 log.info("worker: run %s is held or ended elsewhere; not playing it", run_id)
                 return
-            self._leases[run_id] = lease
-            try:
-                await self._play(run, text)
-            finally:
-                del self._leases[run_id]
+            prior = await self._prior(sid, meta.epoch, meta.run_first_seq, run_id)
+            run = Run(self.publisher, sid, run_id, fence=lease.token)
+            turn = Turn(sid, run_id, fields.get("input", ""), fields, run, prior, self, lease)
+            await self._play(turn)
 
-    async def _play(self, run: Run, text: str) -> None:
+    async def _prior(self, sid: str, epoch: str, first_seq: int, run_id: str) -> dict[str, Any]:
+        """The run's state folded from its events in the log (a handed-back run's progress)."""
+        state = snapshot.empty_state(sid)
+        after = max(0, first_seq - 1)
+        while True:
+            batch = await self.streams.read(sid, after, 500)
+            for ev in batch:
+                if ev.run_id == run_id:
+                    snapshot.apply(state, ev.type, run_id, json.loads(ev.data))
+            if len(batch) < 500:
+                break
+            after = batch[-1].seq
+        for run in state["runs"]:
+            if run["run_id"] == run_id:
+                return dict(run)
+        return {"run_id": run_id, "text": "", "reasoning": "", "tools": [], "approvals": []}
+
+    async def _play(self, turn: Turn) -> None:
+        run = turn.run
         try:
-            await self._turn(run, text)
+            try:
+                await self.agent.play(turn)
+            except Cancelled:
+                await run.cancel()
+            except (LeaseLost, PublishRejected):
+                raise
+            except Exception as exc:
+                log.exception("worker: run %s failed", run.run_id)
+                await run.fail(f"{type(exc).__name__}: {exc}")
         except LeaseLost:
             log.warning("worker: lost the lease of %s; stopping it", run.run_id)
-        except Cancelled:
-            await run.cancel()
-        except PublishRejected:
-            log.info("worker: run %s ended elsewhere", run.run_id)
-        except Exception as exc:
-            log.exception("worker: run %s failed", run.run_id)
-            await run.fail(f"{type(exc).__name__}: {exc}")
+        except PublishRejected as exc:
+            # Fenced out: a reaper ended the run, or it was handed over. Publish nothing more.
+            log.warning("worker: run %s refused (%s); stopping it", run.run_id, exc.code)
 
-    async def _check_cancel(self, run: Run) -> None:
-        lease = self._leases.get(run.run_id)
-        if lease is not None and lease.lost:
-            raise LeaseLost()
-        if await self.streams.cancel_requested(run.session_id, run.run_id):
-            raise Cancelled()
 
-    async def _stream(
-        self, run: Run, text: str, reasoning: bool = False, pace: float = 1.0
-    ) -> None:
-        delay = 1.0 / (self.settings.tokens_per_second * pace)
-        emit = run.reasoning_delta if reasoning else run.text_delta
-        async for piece in self._paced(tokens(text), delay):
-            await self._check_cancel(run)
-            await emit(piece)
+def demo_worker(streams: Streams, publisher: Publisher, settings: Settings) -> Worker:
+    """The demo agent (``gateway.demo_agent``) on the worker runtime: ``gateway worker``."""
+    from gateway.demo_agent import DemoAgent
 
-    async def _paced(self, pieces: list[str], delay: float) -> AsyncIterator[str]:
-        start = time.monotonic()
-        for i, piece in enumerate(pieces):
-            # Pace against the clock, not per sleep, so publish time does not slow the run.
-            wait = start + i * delay - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            yield piece
+    agent = DemoAgent(settings.docs_dir.parent, settings.tokens_per_second)
+    return Worker(streams, publisher, settings, agent)
 
-    async def _turn(self, run: Run, text: str) -> None:
-        meta = await self.streams.meta(run.session_id)
-        if meta is not None and not meta.title:
-            words = text.split()
-            await run.set_title(" ".join(words[:6]) + ("…" if len(words) > 6 else ""))
-        query = " ".join(w for w in _WORD.findall(text) if w.lower() not in _STOP) or text
-        await self._stream(
-            run,
-            f"The user asks: “{text.strip()[:200]}”. I will search the project's documentation "
-            f"for “{query[:80]}” and answer from what it says.",
-            reasoning=True,
-            pace=2.0,
-        )
-        call_id = f"call-{run.run_id[2:]}-1"
-        await run.tool_started(call_id, "search_docs", {"query": query[:200]})
-        t0 = time.perf_counter()
-        hits = await asyncio.to_thread(search_docs, self.root, query)
-        await asyncio.sleep(0.2)  # a real tool takes a moment; keeps the card visible
-        duration = round((time.perf_counter() - t0) * 1000, 1)
-        output = "\n".join(f"{p}:{n}: {t}" for p, n, t in hits) or "no matches"
-        await run.tool_completed(call_id, output, duration_ms=duration)
 
-        if _APPROVAL.search(text) and not await self._approved(run, query):
-            await self._stream(run, "Understood: you denied the request, so I will stop here.")
-            await run.complete()
-            return
-
-        if hits:
-            quotes = "\n".join(f"- *{p}, line {n}*: {t[:240]}" for p, n, t in hits)
-            answer = (
-                f"Here is what the documentation says about **{query[:80]}**:\n\n{quotes}\n\n"
-                f"I found {len(hits)} relevant passage{'s' if len(hits) > 1 else ''}; "
-                "the first is the most specific match."
-            )
-        else:
-            answer = (
-                f"I searched the project's README and docs for **{query[:80]}** and found no "
-                "passage that mentions it. Try words such as *offset*, *reconnect* or *replica*."
-            )
-        await self._stream(run, answer)
-        await run.complete()
-
-    async def _approved(self, run: Run, query: str) -> bool:
-        """Ask for approval and wait for a browser's decision; True when approved."""
-        aid = f"ap-{run.run_id[2:]}"
-        await run.request_approval(
-            aid, f"Allow the agent to use what it found about “{query[:60]}”?"
-        )
-        while True:
-            state = await self.streams.approval_state(run.session_id, aid)
-            if state in ("approve", "deny"):
-                break
-            await self._check_cancel(run)
-            await asyncio.sleep(0.1)
-        return state == "approve"
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass

@@ -327,3 +327,70 @@ async def test_cors_is_off_by_default_and_cross_site_writes_are_refused(
     url2 = f"{limited.url}/v1/sessions/team-a-{sid}-2/runs"
     ok = {**ALICE, "Origin": "https://app.example", "Sec-Fetch-Site": "cross-site"}
     assert (await client.post(url2, headers=ok, json=body)).status_code == 202
+
+
+async def test_open_streams_end_when_their_token_expires(secured, client, sid):
+    """A token used to be checked only when a stream started. Every kind of stream now ends
+    at the token's ``exp`` with ``event: close`` ``{"reason": "token_expired"}``, and a
+    manual-commit connection resumes with a fresh token from its stored offset: nothing
+    lost, nothing repeated."""
+    base = f"{secured.url}/v1/sessions/{sid}"
+    owner = bearer("alice", [sid], ["view", "command"])
+    short = bearer("alice", [sid], ["view", "command"], ttl=3)
+    pub = bearer("agent-1", ["*"], ["publish"])
+    await client.post(f"{base}/events", json={"type": "vendor.tick", "data": {"n": 0}}, headers=pub)
+    conn = (
+        await client.post(
+            f"{base}/connections", json={"from": "start", "commit": "manual"}, headers=owner
+        )
+    ).json()
+    cid = conn["connection_id"]
+    mux = (await client.post(f"{secured.url}/v1/mux", headers=short)).json()["mux_id"]
+    urls = [
+        f"{base}/connections/{cid}/events",
+        f"{base}/events?from=start",
+        f"{secured.url}/v1/activity",
+        f"{secured.url}/v1/mux/{mux}/events",
+    ]
+    seen: list[str] = []
+    for url in urls:
+        t0 = time.monotonic()
+        async with sse(client, url, short) as s:
+            while True:
+                f = await s.next(10)
+                if f.event == "close":
+                    break
+                if url == urls[0] and f.id:
+                    seen.append(f.id)
+                    await client.post(
+                        f"{base}/connections/{cid}/ack", json={"offset": f.id}, headers=short
+                    )
+        assert f.json() == {"reason": "token_expired"}, url
+        assert time.monotonic() - t0 < 10
+        short = bearer("alice", [sid], ["view", "command"], ttl=3)  # the next one's clock
+    # Published after the first stream ended: the resumed connection gets exactly it.
+    r = await client.post(
+        f"{base}/events", json={"type": "vendor.tick", "data": {"n": 1}}, headers=pub
+    )
+    nxt = r.json()["offsets"][0]
+    async with sse(client, urls[0], owner) as s:
+        assert (await s.next(10)).id == nxt
+    assert len(seen) == 1 and seen[0] < nxt
+
+
+async def test_session_list_of_a_scoped_token_reaches_past_the_newest_200(secured, client, sid):
+    """The list took the 200 newest sessions of everyone and then filtered by token, so a
+    token scoped to an older session saw an empty list."""
+    pub = bearer("agent-1", ["*"], ["publish"])
+    mine = f"{sid}-mine"
+    await client.post(
+        f"{secured.url}/v1/sessions/{mine}/events", json={"type": "vendor.x"}, headers=pub
+    )
+    for i in range(210):  # newer sessions the token may not see
+        await client.post(
+            f"{secured.url}/v1/sessions/{sid}-other-{i}/events",
+            json={"type": "vendor.x"},
+            headers=pub,
+        )
+    r = await client.get(f"{secured.url}/v1/sessions", headers=bearer("carol", [mine], ["view"]))
+    assert [s["session_id"] for s in r.json()["sessions"]] == [mine]

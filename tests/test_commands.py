@@ -188,12 +188,15 @@ async def test_http_publish_contract(gw, client, sid):
         (
             {
                 "type": "approval.resolved",
-                "run_id": "r1",
+                "run_id": "r2",
                 "data": {"approval_id": "zz", "decision": "approve"},
             },
             409,
             "approval_not_found",
         ),
+        # r1 has its terminal: nothing more of it is accepted, and it cannot start again.
+        ({"type": "message.delta", "run_id": "r1", "data": {"text": "late"}}, 409, "run_ended"),
+        ({"type": "run.started", "run_id": "r1", "data": {"input": "again"}}, 409, "run_ended"),
         (
             {"type": "message.delta", "run_id": "r1", "data": {"text": "x" * (1024 * 1024 + 1)}},
             413,
