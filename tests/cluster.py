@@ -44,8 +44,10 @@ class RedisCluster:
     """Six ``redis-server --cluster-enabled yes`` processes joined by ``redis-cli --cluster
     create --cluster-replicas 1``. ``url`` is the gateway's ``redis+cluster://`` URL."""
 
-    def __init__(self, node_timeout_ms: int = 2000) -> None:
+    def __init__(self, *extra: str, node_timeout_ms: int = 2000) -> None:
+        """``extra``: more redis-server arguments for every node (persistence, say)."""
         t0 = time.monotonic()
+        self.extra = extra
         self.ports = _pick_ports(6)
         self.dir = Path(tempfile.mkdtemp(prefix="gw-cluster-"))
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -103,6 +105,7 @@ class RedisCluster:
                 "0",
                 "--logfile",
                 str(self.dir / f"{port}.log"),
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -670,3 +670,68 @@ def test_10_token_function_refreshed_through_the_shared_worker(auth_stack, brows
         assert not errors, errors
     finally:
         ctx.close()
+
+
+def test_11_stream_token_expiry_refreshes_and_resumes(auth_stack, browser) -> None:
+    """The gateway ends the mux stream at the token's exp (event: close token_expired). The
+    hub acks what it processed, asks the page's accessToken function for a fresh token and
+    reopens at once; a run published across the expiry ends up exactly as published."""
+    from gateway.auth import mint
+
+    server, gw = auth_stack
+    publisher = bearer(mint(JWT_SECRET, "agent", actions=["publish"]))
+    ctx = browser.new_context()
+    try:
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(gw.url + "/healthz")
+        page.evaluate(
+            """async (first) => {
+                const { GatewayClient } = await import('/gateway-client.js');
+                window.__tokens = { give: first };
+                const client = new GatewayClient({
+                    accessToken: async () => window.__tokens.give,
+                });
+                window.__client = client;
+            }""",
+            token(subject="dave", ttl_s=5),
+        )
+        page.wait_for_function("window.__client.status === 'live'", timeout=15_000)
+        sid = page.evaluate("window.__client.createSession()")
+        page.evaluate(f"window.__client.view('{sid}')")
+        page.evaluate("(t) => { window.__tokens.give = t; }", token(subject="dave"))
+        url = f"{gw.url}/v1/sessions/{sid}/events"
+
+        def publish(body: dict[str, Any]) -> None:
+            r = httpx.post(url, json=body, headers=publisher, timeout=5)
+            assert r.status_code == 201, r.text
+
+        publish({"type": "run.started", "run_id": "r1", "data": {"input": "q"}})
+        n = 0
+        log = ""
+        while "stream ended: token expired" not in log:
+            publish({"type": "message.delta", "run_id": "r1", "data": {"text": f"{n} "}})
+            n += 1
+            time.sleep(0.05)
+            log = "\n".join(page.evaluate("window.__client.describeHub()")["log"])
+            assert n < 400, "the stream did not end at the token's exp"
+        for m in range(n, n + 20):
+            publish({"type": "message.delta", "run_id": "r1", "data": {"text": f"{m} "}})
+        publish({"type": "run.completed", "run_id": "r1"})
+        page.wait_for_function("window.__client.status === 'live'", timeout=15_000)
+        want = "".join(f"{i} " for i in range(n + 20))
+        assert published(server, sid)["r1"]["text"] == want
+
+        def same() -> bool:
+            state = page.evaluate(f"window.__client.getState('{sid}')")
+            runs = (state or {}).get("runs", [])
+            return [(r["run_id"], r["text"], r["status"]) for r in runs] == [
+                ("r1", want, "completed")
+            ]
+
+        wait_for(same, timeout=15, what="the client's state equals the published log")
+        assert page.evaluate("window.__client.authError") is None
+        assert not errors, errors
+    finally:
+        ctx.close()
