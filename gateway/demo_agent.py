@@ -107,7 +107,7 @@ class DemoAgent:
     async def play(self, turn: Turn) -> None:
         """Play (or continue) one turn."""
         run, text, prior = turn.run, turn.input, turn.prior
-        meta = await turn.worker.streams.meta(turn.session_id)
+        meta = await turn.patient(lambda: turn.worker.streams.meta(turn.session_id))
         if meta is not None and not meta.title:
             words = text.split()
             await run.set_title(" ".join(words[:6]) + ("…" if len(words) > 6 else ""))

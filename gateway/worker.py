@@ -26,8 +26,12 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import snapshot
 from gateway.leases import RunLease, reap_forever
@@ -38,6 +42,9 @@ from gateway.streams import PublishRejected, Streams
 log = logging.getLogger(__name__)
 
 APPROVAL_POLL_S = 0.1
+T = TypeVar("T")
+# Redis unreachable (a restart, a dropped or stalled connection): worth waiting out.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class Cancelled(Exception):
@@ -66,12 +73,28 @@ class Turn:
     worker: Worker
     lease: RunLease = field(repr=False)
 
+    async def patient(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a Redis read, waiting out outages for as long as the lease is held.
+
+        A reaper ends the run if the outage outlasts the lease; the renewal then learns it
+        and this raises :class:`LeaseLost`.
+        """
+        pause = 0.05
+        while True:
+            if self.lease.lost:
+                raise LeaseLost()
+            try:
+                return await op()
+            except TRANSIENT as exc:
+                log.info("worker: run %s: Redis unreachable (%r); waiting", self.run_id, exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
     async def check(self) -> None:
         """Raise :class:`LeaseLost` when the lease is gone, :class:`Cancelled` when a browser
         asked to cancel; call it between events."""
-        if self.lease.lost:
-            raise LeaseLost()
-        if await self.worker.streams.cancel_requested(self.session_id, self.run_id):
+        streams = self.worker.streams
+        if await self.patient(lambda: streams.cancel_requested(self.session_id, self.run_id)):
             raise Cancelled()
 
     async def approval(self, approval_id: str, prompt: str) -> str:
@@ -86,8 +109,9 @@ class Turn:
             return str(asked[approval_id]["decision"])
         if approval_id not in asked:
             await self.run.request_approval(approval_id, prompt)
+        streams = self.worker.streams
         while True:
-            state = await self.worker.streams.approval_state(self.session_id, approval_id)
+            state = await self.patient(lambda: streams.approval_state(self.session_id, approval_id))
             if state in ("approve", "deny"):
                 return state
             await self.check()
@@ -149,11 +173,10 @@ class Worker:
         )
         try:
             await self._consume()
-            await self._drain()
+            await self._drain(self.settings.worker_drain_timeout)
         finally:
             reaper.cancel()
-            for task in list(self._runs):
-                task.cancel()
+            await self._drain(0)  # cancelled: whatever still runs is handed back
 
     async def _consume(self) -> None:
         last_claim = 0.0
@@ -167,8 +190,6 @@ class Worker:
                         self._spawn(cid, fields)
                 t0 = time.monotonic()
                 batch = await self.streams.read_commands(self.name, 10, 1000)
-                if self.draining:
-                    return  # read but not started: left pending, reclaimed by another worker
                 for cid, fields in batch:
                     self._spawn(cid, fields)
                 if not batch and time.monotonic() - t0 < 0.05:
@@ -182,21 +203,24 @@ class Worker:
                 self._wake.clear()
                 await _wait(self._wake, 1.0)
 
-    async def _drain(self) -> None:
-        tasks = list(self._runs)
-        if not tasks:
+    async def _drain(self, timeout: float) -> None:
+        """Let the runs in flight finish for ``timeout`` seconds, then hand back the rest."""
+        if self._runs and timeout > 0:
+            await asyncio.wait(list(self._runs), timeout=timeout)
+        pending = list(self._runs)
+        if not pending:
             return
-        _, pending = await asyncio.wait(tasks, timeout=self.settings.worker_drain_timeout)
+        log.warning("worker %s: handing back %d run(s)", self.name, len(pending))
         for task in pending:
             lease = self._runs.get(task)
             if lease is not None:
                 lease.hand_back = True
             task.cancel()
-        if pending:
-            log.warning("worker %s: handing back %d run(s)", self.name, len(pending))
-            await asyncio.wait(pending, timeout=10)
+        await asyncio.wait(pending, timeout=10)
 
     def _spawn(self, command_id: str, fields: dict[str, str]) -> None:
+        if self.draining:
+            return  # read but not started: left pending, reclaimed by another worker
         task = asyncio.create_task(self._handle(command_id, fields))
         self._runs[task] = None
         task.add_done_callback(lambda t: self._runs.pop(t, None))
@@ -211,9 +235,16 @@ class Worker:
                 raise  # stopping: the command stays pending for another worker
             await self._requeue(command_id, fields)
             raise
+        except TRANSIENT as exc:
+            # Before the run was taken: leave the command pending; it is claimed again.
+            log.warning("worker: command %s: Redis unreachable (%r)", command_id, exc)
+            return
         except Exception:
             log.exception("worker: command %s failed", command_id)
-        await self.streams.ack_command(command_id)
+        try:
+            await self.streams.ack_command(command_id)
+        except TRANSIENT as exc:
+            log.warning("worker: ack of %s failed (%r); it may be claimed again", command_id, exc)
 
     async def _requeue(self, command_id: str, fields: dict[str, str]) -> None:
         try:
@@ -245,9 +276,14 @@ class Worker:
             if lease.lost:
                 log.info("worker: run %s is held or ended elsewhere; not playing it", run_id)
                 return
-            prior = await self._prior(sid, meta.epoch, meta.run_first_seq, run_id)
             run = Run(self.publisher, sid, run_id, fence=lease.token)
-            turn = Turn(sid, run_id, fields.get("input", ""), fields, run, prior, self, lease)
+            turn = Turn(sid, run_id, fields.get("input", ""), fields, run, {}, self, lease)
+            try:
+                turn.prior = await turn.patient(
+                    lambda: self._prior(sid, meta.epoch, meta.run_first_seq, run_id)
+                )
+            except LeaseLost:
+                return
             await self._play(turn)
 
     async def _prior(self, sid: str, epoch: str, first_seq: int, run_id: str) -> dict[str, Any]:
@@ -274,7 +310,7 @@ class Worker:
                 await self.agent.play(turn)
             except Cancelled:
                 await run.cancel()
-            except (LeaseLost, PublishRejected):
+            except (LeaseLost, PublishRejected, *TRANSIENT):
                 raise
             except Exception as exc:
                 log.exception("worker: run %s failed", run.run_id)
@@ -284,6 +320,10 @@ class Worker:
         except PublishRejected as exc:
             # Fenced out: a reaper ended the run, or it was handed over. Publish nothing more.
             log.warning("worker: run %s refused (%s); stopping it", run.run_id, exc.code)
+        except TRANSIENT as exc:
+            # A publish outlived its retry budget (Redis down for long): stop; the lease is
+            # released or expires and a reaper ends the run with its one terminal.
+            log.warning("worker: run %s: Redis unreachable (%r); stopping it", run.run_id, exc)
 
 
 def demo_worker(streams: Streams, publisher: Publisher, settings: Settings) -> Worker:

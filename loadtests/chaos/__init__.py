@@ -157,8 +157,8 @@ async def run_chaos(
                 f"faults for {duration:.0f} s")  # fmt: skip
             driving = asyncio.create_task(traffic.run())
             await nemesis.run(duration)
-            traffic.stop()
-            await asyncio.wait_for(driving, 60)
+            traffic.stop_runs()
+            await asyncio.wait_for(traffic.runs_done(), 60)
             report.faults = dict(nemesis.counts)
             say("  faults stopped: " + _kv(report.faults))
 
@@ -176,6 +176,8 @@ async def run_chaos(
             t_settle = time.monotonic()
             await _until(idle, settle)
             say(f"  every run ended {time.monotonic() - t_settle:.1f} s after the faults")
+            traffic.stop()  # approvals were answered until now: runs waiting for one ended
+            await asyncio.wait_for(driving, 60)
 
             logs = await Logs.read(streams, sids)
             for v in traffic.viewers:

@@ -48,17 +48,24 @@ class Logs:
     epochs: dict[str, str]
     status: dict[str, str]
     heads: dict[str, int]
+    runs: dict[str, str] = field(default_factory=dict)  # sid -> the active run's lease state
 
     @classmethod
     async def read(cls, streams: Streams, sessions: list[str]) -> Logs:
-        events, epochs, status, heads = {}, {}, {}, {}
+        events, epochs, status, heads, runs = {}, {}, {}, {}, {}
         for sid in sessions:
             meta = await streams.meta(sid)
             events[sid] = await streams.read(sid, 0, 1_000_000)
             epochs[sid] = meta.epoch if meta else ""
             status[sid] = meta.status if meta else "missing"
             heads[sid] = meta.seq if meta else 0
-        return cls(events, epochs, status, heads)
+            if meta is not None and meta.status == "running":
+                runs[sid] = (
+                    f"run {meta.run_id}, holder {await streams.run_holder(sid)!r}, "
+                    f"lease {await streams.lease_holder(sid)!r}, "
+                    f"cancel requested {meta.cancel_requested == meta.run_id}"
+                )
+        return cls(events, epochs, status, heads, runs)
 
     def head_offset(self, sid: str) -> str:
         return f"{self.epochs[sid]}_{self.heads[sid]:012d}"
@@ -70,7 +77,14 @@ def check_runs(logs: Logs, accepted: dict[str, list[str]]) -> list[Violation]:
     out = []
     for sid, log in logs.events.items():
         if logs.status[sid] != "idle":
-            out.append(Violation("no_session_running", sid, f"status {logs.status[sid]}"))
+            out.append(
+                Violation(
+                    "no_session_running",
+                    sid,
+                    f"status {logs.status[sid]}: {logs.runs.get(sid, '')}",
+                    [_line(e) for e in log[-5:]],
+                )
+            )
         started: dict[str, int] = {}
         terminal: dict[str, list[int]] = {}
         after: dict[str, list[int]] = {}

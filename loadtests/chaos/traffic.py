@@ -54,6 +54,8 @@ class Traffic:
 
     def __post_init__(self) -> None:
         self._stop = asyncio.Event()
+        self._no_new_runs = asyncio.Event()
+        self._drivers: list[asyncio.Task[None]] = []
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(5.0, read=3.0),
             limits=httpx.Limits(max_connections=500, max_keepalive_connections=50),
@@ -74,12 +76,18 @@ class Traffic:
 
     async def run(self) -> None:
         """Every driver, approver and viewer, until :meth:`stop`."""
-        tasks = [self.drive(sid) for sid in self.sessions]
-        tasks += [self.view(v) for v in self.viewers]
+        self._drivers = [asyncio.create_task(self.drive(sid)) for sid in self.sessions]
+        tasks = [self.view(v) for v in self.viewers]
         tasks.append(self.approve())
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*self._drivers, *tasks)
+
+    def stop_runs(self) -> None:
+        """No new runs (the faults stopped); approvals are still answered, viewers still
+        read, so every run can end."""
+        self._no_new_runs.set()
 
     def stop(self) -> None:
+        self._no_new_runs.set()
         self._stop.set()
 
     async def close(self) -> None:
@@ -93,7 +101,7 @@ class Traffic:
     # --- runs --------------------------------------------------------------------------
     async def drive(self, sid: str) -> None:
         """Start runs one after the other; cancel some; wait for each to end."""
-        while not self._stop.is_set():
+        while not self._no_new_runs.is_set():
             try:
                 r = await self._post(
                     f"/v1/sessions/{sid}/runs", {"input": self.rng.choice(PROMPTS)}
@@ -116,6 +124,10 @@ class Traffic:
             await self._until_idle(sid, 40.0)
             await self._pause(0.1, 1.0)
 
+    async def runs_done(self) -> None:
+        """Until every driver stopped starting runs (after :meth:`stop_runs`)."""
+        await asyncio.gather(*self._drivers)
+
     async def _cancel(self, sid: str, run_id: str) -> None:
         for _ in range(3):
             try:
@@ -128,7 +140,7 @@ class Traffic:
 
     async def _until_idle(self, sid: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self._stop.is_set():
+        while time.monotonic() < deadline and not self._no_new_runs.is_set():
             with contextlib.suppress(*ERRORS):
                 r = await self._get(f"/v1/sessions/{sid}")
                 if r.status_code == 200 and r.json()["status"] != "running":
