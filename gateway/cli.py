@@ -53,7 +53,7 @@ def demo(
 
     Uses the embedded in-process fakeredis unless REDIS_URL is set.
     """
-    from gateway.http import create_app
+    from gateway.api.app import create_app
 
     _logging(log_level)
     settings = Settings(insecure=True)
@@ -106,7 +106,7 @@ def serve(
     Refuses to start without a token key (GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY or
     GATEWAY_JWT_JWKS_FILE) unless --insecure is given.
     """
-    from gateway.auth import Authenticator
+    from gateway.api.auth import Authenticator
 
     if redis_url:
         os.environ["REDIS_URL"] = redis_url
@@ -128,7 +128,7 @@ def serve(
         )
     _logging(log_level)
     uvicorn.run(
-        "gateway.http:create_app",
+        "gateway.api.app:create_app",
         factory=True,
         host=host,
         port=port,
@@ -154,10 +154,10 @@ def worker(
     SIGTERM drains: no new commands; runs finish within GATEWAY_WORKER_DRAIN_TIMEOUT or are
     handed back to another worker; then the process exits.
     """
-    from gateway.publisher import Publisher
-    from gateway.redisconn import connect
-    from gateway.streams import Streams
-    from gateway.worker import demo_worker
+    from gateway.agent.publisher import Publisher
+    from gateway.agent.worker import demo_worker
+    from gateway.store import Store
+    from gateway.store.client import connect
 
     if redis_url:
         os.environ["REDIS_URL"] = redis_url
@@ -170,8 +170,8 @@ def worker(
 
     async def main() -> None:
         redis = connect(settings, role="worker")
-        streams = Streams(redis, settings.key_prefix)
-        w = demo_worker(streams, Publisher.from_settings(streams, settings), settings)
+        store = Store(redis, settings.key_prefix)
+        w = demo_worker(store, Publisher.from_settings(store, settings), settings)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.begin_drain)
@@ -214,7 +214,7 @@ def token(
 
     Example: gateway token alice -s 'team-a-*' -a view -a command
     """
-    from gateway.auth import mint
+    from gateway.api.auth import mint
 
     settings = Settings()
     signing = key or (settings.jwt_secret.get_secret_value() if settings.jwt_secret else None)

@@ -1115,7 +1115,7 @@ def readme(results: dict[str, Any], data: dict[str, Any], cfg: Config, out: Path
         add(analysis.read_text().strip() + "\n")
     add("## Other benchmarks\n")
     add(
-        "- Durable Streams (`/ds`) against the Node reference server: "
+        "- Durable Store (`/ds`) against the Node reference server: "
         "`python -m loadtests.ds_bench`" + "".join(f"; [{name}]({name})" for name in extra) + "."
     )
     add("- Connection-leak soak (Locust): [docs/loadtests.md](../loadtests.md).")

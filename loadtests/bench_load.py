@@ -307,13 +307,13 @@ class Publishing:
         self.system = system
         self.index: dict[str, int] = {}
         if system == "gateway":
-            from gateway.publisher import Publisher
-            from gateway.redisconn import connect
+            from gateway.agent.publisher import Publisher
             from gateway.settings import Settings
-            from gateway.streams import Streams
+            from gateway.store import Store
+            from gateway.store.client import connect
 
             self.redis = connect(Settings(redis_url=redis_url), role="bench")
-            self.streams = Streams(self.redis)
+            self.streams = Store(self.redis)
             self.publisher = Publisher(self.streams)
         elif system == "xread":
             import loadtests.baselines.xread_per_viewer  # noqa: F401  (imported before timing)
@@ -354,7 +354,7 @@ class Publishing:
     async def batch(self, sid: str, n: int) -> None:
         """Publish ``n`` events of ``sid`` in one round trip where the system can."""
         if self.system == "gateway":
-            from gateway.publisher import EventIn
+            from gateway.agent.publisher import EventIn
 
             batch = [
                 EventIn("message.delta", _data(time.time_ns(), self.next_i(sid)), "r1")

@@ -1,11 +1,11 @@
-"""Durable Streams: the gateway's ``/ds`` endpoint against the Node reference server, side by
+"""Durable Store: the gateway's ``/ds`` endpoint against the Node reference server, side by
 side in one run, on the same workload.
 
 Starts a throw-away redis-server and one gateway process (uvicorn, one worker), and the
 reference server ``@durable-streams/server`` (in memory, one Node process), on free loopback
 ports; then runs the same Node load generator (``loadtests/ds_bench/bench.mjs``) against each:
 
-- append rate: ``--writers`` concurrent writers on ``--streams`` JSON streams, ~100-byte
+- append rate: ``--writers`` concurrent writers on ``--streams`` JSON store, ~100-byte
   messages, for ``--seconds``;
 - (calibration) the append phase against a no-op Node HTTP server: the load generator's own
   ceiling on this machine;
@@ -177,7 +177,7 @@ def main() -> None:
         )
         print("| --- | --- | --- | --- |")
         print(
-            f"| appends/s ({args.writers} writers, {args.streams} streams) | "
+            f"| appends/s ({args.writers} writers, {args.streams} store) | "
             f"{g['appends_per_s']:,.0f} | {r['appends_per_s']:,.0f} | {ratios['appends_per_s']:.2f} |"
         )
         print(

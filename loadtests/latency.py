@@ -18,10 +18,10 @@ import uuid
 
 import httpx
 
-from gateway.publisher import Publisher
-from gateway.redisconn import connect
+from gateway.agent.publisher import Publisher
 from gateway.settings import Settings
-from gateway.streams import Streams
+from gateway.store import Store
+from gateway.store.client import connect
 from tests.support import Gateway, RedisServer, sse
 
 
@@ -35,7 +35,7 @@ async def measure(
 ) -> dict[str, float]:
     sid = "lat-" + uuid.uuid4().hex[:8]
     redis = connect(Settings(redis_url=redis_url), role="bench")
-    pub = Publisher(Streams(redis))
+    pub = Publisher(Store(redis))
     await pub.publish(sid, "run.started", {"input": "latency"}, run_id="r1")
     latencies: list[float] = []
     problems = 0

@@ -35,11 +35,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from gateway import snapshot
-from gateway.publisher import EventIn, Publisher
-from gateway.redisconn import connect
+from gateway.agent.publisher import EventIn, Publisher
 from gateway.settings import Settings
-from gateway.streams import Streams
+from gateway.store import Store, snapshots
+from gateway.store.client import connect
 
 _TEXT = (
     "the gateway resumes each viewer from the offset stored in Redis so a reconnect "
@@ -179,15 +178,15 @@ async def measure(
     settings = Settings(redis_url=redis_url)
     prefix = "mem" + uuid.uuid4().hex[:6]
     redis = connect(settings, role="memtest")
-    streams = Streams(redis, prefix)
-    publisher = Publisher.from_settings(streams, settings)
+    store = Store(redis, prefix)
+    publisher = Publisher.from_settings(store, settings)
     rng = random.Random(seed)
     # Warm up (scripts loaded, connections open, allocator arenas in use) before the baseline.
     await publisher.publish_batch("mem-warmup", list(session_events(rng, 50)))
-    await snapshot.load(streams, "mem-warmup")
+    await snapshots.load(store, "mem-warmup")
     async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
         await redis.unlink(key)
-    publisher = Publisher.from_settings(streams, settings)  # forgets the warm-up session
+    publisher = Publisher.from_settings(store, settings)  # forgets the warm-up session
     before = await used_memory(redis)
     sids = [f"mem-{i:04d}" for i in range(sessions)]
     data_bytes = 0
@@ -202,13 +201,13 @@ async def measure(
                 pending = []
         if pending:
             await publisher.publish_batch(sid, pending)
-        meta = await streams.meta(sid)
+        meta = await store.sessions.meta(sid)
         assert meta is not None
         for _ in range(connections):
             cid = "c-" + uuid.uuid4().hex[:16]
             offset = f"{meta.epoch}_{meta.seq:012d}"
-            await streams.create_connection(sid, cid, offset, "manual", settings.connection_ttl)
-        await snapshot.load(streams, sid)  # folds and stores the snapshot, as GET …/snapshot
+            await store.consumers.create(sid, cid, offset, "manual", settings.connection_ttl)
+        await snapshots.load(store, sid)  # folds and stores the snapshot, as GET …/snapshot
     publish_s = time.perf_counter() - t0
     after = await used_memory(redis)
 

@@ -1,7 +1,7 @@
 """Fixtures: one real redis-server (and, for the modules in CLUSTER_MODULES, also a real
 6-node Redis Cluster) for the session, two gateway replicas, a publisher.
 
-``store`` is the Redis the gateways, streams and publisher use. It is a single node, except
+``backend`` is the Redis the gateways, the ``store`` and the publisher use. It is a single node, except
 in CLUSTER_MODULES, whose tests run twice: ``[single]`` and ``[cluster]``."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from gateway.publisher import Publisher
-from gateway.redisconn import connect
+from gateway.agent.publisher import Publisher
 from gateway.settings import Settings
-from gateway.streams import Streams
+from gateway.store import Store
+from gateway.store.client import connect
 from tests.cluster import RedisCluster
 from tests.support import Gateway, RedisServer
 
@@ -30,7 +30,7 @@ CLUSTER_MODULES = {"test_scenarios", "test_mux"}
 
 
 @dataclass
-class Store:
+class Backend:
     """The Redis under test: ``kind`` is ``single`` or ``cluster``; ``url`` is REDIS_URL."""
 
     kind: str
@@ -39,10 +39,10 @@ class Store:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "store" in metafunc.fixturenames and metafunc.module.__name__.split(".")[-1] in (
+    if "backend" in metafunc.fixturenames and metafunc.module.__name__.split(".")[-1] in (
         CLUSTER_MODULES
     ):
-        metafunc.parametrize("store", ["single", "cluster"], indirect=True, scope="session")
+        metafunc.parametrize("backend", ["single", "cluster"], indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -61,18 +61,18 @@ def redis_cluster() -> Iterator[RedisCluster]:
 
 
 @pytest.fixture(scope="session")
-def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> Store:
+def backend(request: pytest.FixtureRequest, redis_server: RedisServer) -> Backend:
     if getattr(request, "param", "single") == "cluster":
         c: RedisCluster = request.getfixturevalue("redis_cluster")
-        return Store("cluster", c.url, [partial(c.cli, p) for p in c.ports])
-    return Store("single", redis_server.url, [redis_server.cli])
+        return Backend("cluster", c.url, [partial(c.cli, p) for p in c.ports])
+    return Backend("single", redis_server.url, [redis_server.cli])
 
 
 @pytest.fixture(scope="session")
-def gateways(store: Store) -> Iterator[tuple[Gateway, Gateway]]:
+def gateways(backend: Backend) -> Iterator[tuple[Gateway, Gateway]]:
     """Two replicas on one Redis: nothing about a connection lives in one process."""
-    a = Gateway(store.url, **FAST)
-    b = Gateway(store.url, **FAST)
+    a = Gateway(backend.url, **FAST)
+    b = Gateway(backend.url, **FAST)
     yield a, b
     a.stop()
     b.stop()
@@ -84,15 +84,15 @@ def gw(gateways: tuple[Gateway, Gateway]) -> Gateway:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def streams(store: Store) -> AsyncIterator[Streams]:
-    redis = connect(Settings(redis_url=store.url), role="test")
-    yield Streams(redis)
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    redis = connect(Settings(redis_url=backend.url), role="test")
+    yield Store(redis)
     await redis.aclose()
 
 
 @pytest_asyncio.fixture(scope="session")
-async def publisher(streams: Streams) -> Publisher:
-    return Publisher(streams)
+async def publisher(store: Store) -> Publisher:
+    return Publisher(store)
 
 
 @pytest_asyncio.fixture

@@ -32,10 +32,10 @@ from typing import Any
 
 import httpx
 
-from gateway.publisher import Publisher
-from gateway.redisconn import connect
+from gateway.agent.publisher import Publisher
 from gateway.settings import Settings
-from gateway.streams import Streams
+from gateway.store import Store
+from gateway.store.client import connect
 from tests.support import ROOT, Gateway, free_port, wait_until
 
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
@@ -523,7 +523,7 @@ class PublisherProcess:
 
 async def _publish_main(redis_url: str, rate: float, sessions: list[str]) -> None:
     redis = connect(Settings(redis_url=redis_url), role="test-publisher")
-    pub = Publisher(Streams(redis))
+    pub = Publisher(Store(redis))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -552,11 +552,11 @@ async def _publish_main(redis_url: str, rate: float, sessions: list[str]) -> Non
     print(json.dumps({"offsets": offsets, "seconds": seconds, "max_late": late}))
 
 
-async def log_matches(streams: Streams, offsets: dict[str, list[str]]) -> None:
+async def log_matches(store: Store, offsets: dict[str, list[str]]) -> None:
     """Assert that each session's log in Redis (XRANGE) holds exactly the events the
     publisher got offsets for: seq 1…n, in order, of one epoch."""
     for sid, offs in offsets.items():
-        events = await streams.read(sid, 0, len(offs) + 10)
+        events = await store.sessions.read(sid, 0, len(offs) + 10)
         seqs = [e.seq for e in events]
         assert seqs == list(range(1, len(offs) + 1)), f"{sid}: log {seqs[:5]}… != publisher"
         assert [int(o.split("_")[1]) for o in offs] == seqs

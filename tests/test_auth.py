@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.auth import Authenticator, AuthError, mint
+from gateway.api.auth import Authenticator, AuthError, mint
 from gateway.settings import Settings
 from tests.support import ROOT, Gateway, RedisServer, sse
 

@@ -492,7 +492,7 @@ def auth_stack() -> Iterator[tuple[RedisServer, Gateway]]:
 
 
 def token(sessions: list[str] | None = None, subject: str = "alice", ttl_s: float = 3600) -> str:
-    from gateway.auth import mint
+    from gateway.api.auth import mint
 
     return mint(
         JWT_SECRET,
@@ -676,7 +676,7 @@ def test_11_stream_token_expiry_refreshes_and_resumes(auth_stack, browser) -> No
     """The gateway ends the mux stream at the token's exp (event: close token_expired). The
     hub acks what it processed, asks the page's accessToken function for a fresh token and
     reopens at once; a run published across the expiry ends up exactly as published."""
-    from gateway.auth import mint
+    from gateway.api.auth import mint
 
     server, gw = auth_stack
     publisher = bearer(mint(JWT_SECRET, "agent", actions=["publish"]))

@@ -20,10 +20,10 @@ import pytest
 import pytest_asyncio
 from redis.crc import key_slot
 
-from gateway.publisher import EventIn, Publisher
-from gateway.redisconn import connect
+from gateway.agent.publisher import EventIn, Publisher
 from gateway.settings import Settings
-from gateway.streams import Streams
+from gateway.store import Store
+from gateway.store.client import connect
 from tests.cluster import RedisCluster
 from tests.conftest import FAST
 from tests.support import Gateway, Worker, sse
@@ -49,9 +49,9 @@ def replicas(cluster: RedisCluster) -> Iterator[tuple[Gateway, Gateway]]:
 
 
 @pytest_asyncio.fixture
-async def cstreams(cluster: RedisCluster) -> AsyncIterator[Streams]:
+async def cstreams(cluster: RedisCluster) -> AsyncIterator[Store]:
     redis = connect(Settings(redis_url=cluster.url), role="test")
-    yield Streams(redis)
+    yield Store(redis)
     await redis.aclose()
 
 
@@ -111,8 +111,8 @@ class Viewer:
             await asyncio.sleep(0.1)
 
 
-async def read_log(streams: Streams, sid: str) -> list[int]:
-    return [e.seq for e in await streams.read(sid, 0, 100_000)]
+async def read_log(store: Store, sid: str) -> list[int]:
+    return [e.seq for e in await store.sessions.read(sid, 0, 100_000)]
 
 
 async def publish_loop(pub: Publisher, sids: list[str], stop: asyncio.Event, rate: float) -> int:
@@ -149,7 +149,7 @@ def check(viewers: list[Viewer], logs: dict[str, list[int]]) -> tuple[int, int, 
 
 async def fault_during_streams(
     cluster: RedisCluster,
-    cstreams: Streams,
+    cstore: Store,
     fault: str,
     victim: int,
     sids: list[str],
@@ -170,7 +170,7 @@ async def fault_during_streams(
     await asyncio.sleep(2.0)
     stop_pub.set()
     published = await publisher
-    logs = {sid: await read_log(cstreams, sid) for sid in sids}
+    logs = {sid: await read_log(cstore, sid) for sid in sids}
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if all(v.seqs and v.seqs[-1] == logs[v.sid][-1] for v in viewers):
@@ -181,13 +181,13 @@ async def fault_during_streams(
 
 @pytest.mark.parametrize("fault", ["manual_failover", "kill_master"])
 async def test_master_failover_during_streams_loses_nothing(
-    cluster: RedisCluster, replicas: tuple[Gateway, Gateway], cstreams: Streams, fault: str
+    cluster: RedisCluster, replicas: tuple[Gateway, Gateway], cstore: Store, fault: str
 ) -> None:
     a, b = replicas
     shards = sessions_per_shard(cluster, f"fo-{fault}")
     sids = [s for group in shards.values() for s in group]
     victim = next(iter(shards))  # the master whose sessions are hit
-    pub = Publisher(cstreams)
+    pub = Publisher(cstore)
     stop_pub, stop_view = asyncio.Event(), asyncio.Event()
     viewers = [
         Viewer(sid, [a.url, b.url] if i % 2 else [b.url, a.url]) for i, sid in enumerate(sids * 2)
@@ -198,7 +198,7 @@ async def test_master_failover_during_streams_loses_nothing(
         publisher = asyncio.create_task(publish_loop(pub, sids, stop_pub, rate=300))
         try:
             published, promoted_s, logs = await fault_during_streams(
-                cluster, cstreams, fault, victim, sids, viewers, stop_pub, publisher
+                cluster, cstore, fault, victim, sids, viewers, stop_pub, publisher
             )
         finally:
             stop_view.set()
@@ -221,12 +221,12 @@ async def test_master_failover_during_streams_loses_nothing(
 
 
 async def test_one_shard_publish_rate(
-    cluster: RedisCluster, replicas: tuple[Gateway, Gateway], cstreams: Streams
+    cluster: RedisCluster, replicas: tuple[Gateway, Gateway], cstore: Store
 ) -> None:
     """Events/s one shard sustains with 16 concurrent publishers of 20-event batches
     (a figure, printed; not asserted beyond "it works")."""
     shard = next(iter(sessions_per_shard(cluster, "rate").values()))
-    pub = Publisher(cstreams)
+    pub = Publisher(cstore)
     batch = [EventIn("message.delta", {"text": "token "}, "r1") for _ in range(20)]
     count = 0
     deadline = time.monotonic() + 3.0

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from gateway.publisher import Publisher
-from gateway.redisconn import connect
+from gateway.agent.publisher import Publisher
 from gateway.settings import Settings
-from gateway.streams import Streams
+from gateway.store import Store
+from gateway.store.client import connect
 from tests.support import Gateway, Worker, sse
 
 pytestmark = pytest.mark.asyncio
@@ -129,14 +129,14 @@ async def test_crashed_workers_pending_command_is_reclaimed(redis_server, client
     # Own key prefix: the module's live worker must not see this command first.
     gw = Gateway(redis_server.url, key_prefix="reclaim")
     redis = connect(Settings(redis_url=redis_server.url), role="test")
-    streams = Streams(redis, prefix="reclaim")
+    store = Store(redis, prefix="reclaim")
     try:
-        await streams.ensure_command_group()
+        await store.commands.ensure_group()
         r = await client.post(
             f"{gw.url}/v1/sessions/{sid}/runs", json={"input": "reclaimed question about offsets"}
         )
         run_id = r.json()["run_id"]
-        taken = await streams.read_commands("crashed-worker", 10, 100)  # read, never acked
+        taken = await store.commands.read("crashed-worker", 10, 100)  # read, never acked
         assert [f["run_id"] for _, f in taken] == [run_id]
         rescuer = Worker(
             redis_server.url, key_prefix="reclaim", tokens_per_second=400, command_claim_idle=1
@@ -366,55 +366,55 @@ async def test_secrets_are_redacted_before_storage(redis_server, client, sid):
         gw.stop()
 
 
-async def test_retried_publish_with_same_producer_sequence_is_stored_once(streams, sid):
+async def test_retried_publish_with_same_producer_sequence_is_stored_once(store, sid):
     """Idempotent producer: a batch re-sent with its (producer id, sequence) — as the Redis
     client does after a lost reply — returns the first result and appends nothing."""
     ev = [("session.title", "", '{"title":"x"}', "x", "")]
-    first = await streams.publish(sid, ev, maxlen=1000, producer=("p1", 1))
-    again = await streams.publish(sid, ev, maxlen=1000, producer=("p1", 1))
+    first = await store.sessions.publish(sid, ev, maxlen=1000, producer=("p1", 1))
+    again = await store.sessions.publish(sid, ev, maxlen=1000, producer=("p1", 1))
     assert again == first
     # Concurrent batches of one producer may arrive out of order: both are kept, once each.
-    third = await streams.publish(sid, ev, maxlen=1000, producer=("p1", 3))
-    second = await streams.publish(sid, ev, maxlen=1000, producer=("p1", 2))
-    assert await streams.publish(sid, ev, maxlen=1000, producer=("p1", 2)) == second
-    other = await streams.publish(sid, ev, maxlen=1000, producer=("p2", 1))
+    third = await store.sessions.publish(sid, ev, maxlen=1000, producer=("p1", 3))
+    second = await store.sessions.publish(sid, ev, maxlen=1000, producer=("p1", 2))
+    assert await store.sessions.publish(sid, ev, maxlen=1000, producer=("p1", 2)) == second
+    other = await store.sessions.publish(sid, ev, maxlen=1000, producer=("p2", 1))
     assert [first.first_seq, third.first_seq, second.first_seq, other.first_seq] == [1, 2, 3, 4]
-    assert [e.seq for e in await streams.read(sid, 0, 100)] == [1, 2, 3, 4]
+    assert [e.seq for e in await store.sessions.read(sid, 0, 100)] == [1, 2, 3, 4]
     # Concurrent publishes of one producer may wait for a pooled connection in any order:
     # a sequence older than the 32 batches remembered is a batch that never ran, so it is kept.
     for n in range(4, 40):
-        await streams.publish(sid, ev, maxlen=1000, producer=("p1", n))
-    late = await streams.publish(sid, ev, maxlen=1000, producer=("p1", 1_000_000))
-    straggler = await streams.publish(sid, ev, maxlen=1000, producer=("p1", 40))
+        await store.sessions.publish(sid, ev, maxlen=1000, producer=("p1", n))
+    late = await store.sessions.publish(sid, ev, maxlen=1000, producer=("p1", 1_000_000))
+    straggler = await store.sessions.publish(sid, ev, maxlen=1000, producer=("p1", 40))
     assert straggler.first_seq == late.first_seq + 1
 
 
-async def test_stored_offset_beyond_the_log_resets_instead_of_409(gw, streams, client, sid):
+async def test_stored_offset_beyond_the_log_resets_instead_of_409(gw, store, client, sid):
     """A consumer's stored offset past the log's end can only mean Redis lost events the
     viewer saw (a failover without persistence): the stream says so with a reset."""
-    pub = Publisher(streams)
+    pub = Publisher(store)
     first = await pub.publish(sid, "session.title", {"title": "a"})
     r = await client.post(f"{gw.url}/v1/sessions/{sid}/connections", json={"from": "start"})
     cid = r.json()["connection_id"]
     epoch = first.split("_")[0]
-    await streams.commit(sid, cid, f"{epoch}_000000000009", 60, forward_only=False)
+    await store.consumers.commit(sid, cid, f"{epoch}_000000000009", 60, forward_only=False)
     async with sse(client, f"{gw.url}/v1/sessions/{sid}/connections/{cid}/events") as s:
         frame = await s.next()
     assert frame.event == "reset" and frame.json()["reason"] == "offset_ahead"
     assert frame.id == first
 
 
-async def test_finished_run_is_compacted_into_the_snapshot(gw, streams, client, sid):
+async def test_finished_run_is_compacted_into_the_snapshot(gw, store, client, sid):
     """Once a run ends its state is folded into the stored snapshot and the log keeps only
     its last events; an older offset resets to that snapshot; the session gets an idle TTL."""
-    from gateway.publisher import EventIn
+    from gateway.agent.publisher import EventIn
 
-    pub = Publisher(streams, keep_after_run=50, session_ttl_s=3600)
+    pub = Publisher(store, keep_after_run=50, session_ttl_s=3600)
     run = await pub.start_run(sid, "compact me")
     batch = [EventIn("message.delta", {"text": f"w{i} "}, run.run_id) for i in range(300)]
     first = await pub.publish_batch(sid, batch)
     await run.complete()
-    meta = await streams.meta(sid)
+    meta = await store.sessions.meta(sid)
     assert meta is not None and meta.seq == 302
     assert meta.first_seq == meta.seq - 49  # exactly the last 50 events are kept
     snap = (await client.get(f"{gw.url}/v1/sessions/{sid}/snapshot")).json()
@@ -428,5 +428,5 @@ async def test_finished_run_is_compacted_into_the_snapshot(gw, streams, client, 
     async with sse(client, f"{gw.url}/v1/sessions/{sid}/events?from={old}") as s:
         frame = await s.next()
     assert frame.event == "reset" and frame.json()["reason"] == "offset_trimmed"
-    ttl = int(await streams.redis.pttl(f"gw:{{{sid}}}:meta"))
+    ttl = int(await store.redis.pttl(f"gw:{{{sid}}}:meta"))
     assert 0 < ttl <= 3_600_000

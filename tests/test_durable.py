@@ -1,4 +1,4 @@
-"""The Durable Streams conformance suite against the gateway's ``/ds`` endpoint.
+"""The Durable Store conformance suite against the gateway's ``/ds`` endpoint.
 
 The judge is the npm package ``@durable-streams/server-conformance-tests`` 0.3.6 (pinned with
 vitest in ``tests/durable/package.json`` and ``package-lock.json``). ``npm ci`` installs it
@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.auth import mint
+from gateway.api.auth import mint
 from tests.cluster import RedisCluster
 from tests.support import ROOT, Gateway, RedisServer
 
@@ -46,7 +46,7 @@ SUITE_TIMEOUT_S = 900
 
 needs_npm = pytest.mark.skipif(
     NPM is None or NPX is None,
-    reason="npm/npx not installed: the Durable Streams conformance suite is an npm package",
+    reason="npm/npx not installed: the Durable Store conformance suite is an npm package",
 )
 pytestmark = pytest.mark.timeout(SUITE_TIMEOUT_S + 300)
 
@@ -252,7 +252,7 @@ def test_conformance_two_replicas(suite_installed: Path, redis_server: RedisServ
 
 
 def _requests(gw: Gateway) -> dict[str, int]:
-    """Durable Streams requests this replica served, by method (from /metrics)."""
+    """Durable Store requests this replica served, by method (from /metrics)."""
     text = httpx.get(gw.url + "/metrics", timeout=10).text
     out: dict[str, int] = {}
     for line in text.splitlines():

@@ -18,10 +18,10 @@ import httpx
 import psutil
 import pytest
 
-from gateway.publisher import Publisher
-from gateway.redisconn import connect
+from gateway.agent.publisher import Publisher
 from gateway.settings import Settings
-from gateway.streams import Streams
+from gateway.store import Store
+from gateway.store.client import connect
 from tests.support import Gateway, RedisServer
 
 
@@ -66,8 +66,8 @@ async def test_redis_restart_mid_stream(persistence: str) -> None:
     redis = RedisServer(*extra)
     gw = Gateway(redis.url, heartbeat_interval=0.5)
     client_redis = connect(Settings(redis_url=redis.url), role="test")
-    streams = Streams(client_redis, publish_retry_s=15)
-    pub = Publisher(streams)
+    store = Store(client_redis, publish_retry_s=15)
+    pub = Publisher(store)
     sid = f"restart-{persistence}"
     acked: list[str] = []
     mark: dict[str, float] = {}
@@ -96,8 +96,8 @@ async def test_redis_restart_mid_stream(persistence: str) -> None:
             await asyncio.sleep(2.5)
             stop.set()
             await producer
-            log = [e.seq for e in await streams.read(sid, 0, 100_000)]
-            epoch, head = await streams.head_seqs(sid)
+            log = [e.seq for e in await store.sessions.read(sid, 0, 100_000)]
+            epoch, head = await store.sessions.head(sid)
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and not all(
                 r.ids and r.ids[-1] == f"{epoch}_{head:012d}" for r in readers
@@ -142,7 +142,7 @@ async def test_stalled_viewers_keep_memory_bounded_and_delay_no_one() -> None:
     redis = RedisServer()
     gw = Gateway(redis.url, heartbeat_interval=1.0)
     rc = connect(Settings(redis_url=redis.url), role="test")
-    pub = Publisher(Streams(rc))
+    pub = Publisher(Store(rc))
     sid = "stall"
     proc = psutil.Process(gw.proc.pid)
     stalled: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from gateway.publisher import EventIn
+from gateway.agent.publisher import EventIn
 from tests.support import seqs, sse
 
 pytestmark = pytest.mark.asyncio

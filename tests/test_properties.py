@@ -6,9 +6,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway import offsets
-from gateway.connections import OffsetAhead, resolve
-from gateway.streams import SessionMeta
+from gateway.core import offsets
+from gateway.core.cursors import OffsetAhead, resolve
+from gateway.store.sessions import SessionMeta
 
 EPOCHS = st.text(alphabet="0123456789abcdef", min_size=8, max_size=8)
 SEQS = st.integers(min_value=0, max_value=offsets.SEQ_MAX)

@@ -21,11 +21,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from gateway.hub import Hub, Subscriber
+from gateway.live.hub import Hub, Subscriber
 from gateway.metrics import Metrics
-from gateway.redisconn import connect
 from gateway.settings import Settings
-from gateway.streams import Streams
+from gateway.store import Store
+from gateway.store.client import connect
 from tests.lb import (
     Nginx,
     PublisherProcess,
@@ -57,7 +57,7 @@ class Cluster:
     redis: RedisServer
     replicas: list[Replica]
     lb: Nginx
-    streams: Streams  # to read the logs back
+    store: Store  # to read the logs back
 
     def replica(self, addr: str) -> Replica:
         return next(r for r in self.replicas if r.addr == addr)
@@ -77,7 +77,7 @@ async def cluster() -> AsyncIterator[Cluster]:
         stack.callback(lb.stop)
         client = connect(Settings(redis_url=redis.url), role="test-reader")
         try:
-            yield Cluster(redis, replicas, lb, Streams(client))
+            yield Cluster(redis, replicas, lb, Store(client))
         finally:
             await client.aclose()
 

@@ -18,30 +18,31 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from gateway.leases import reap_once
-from gateway.publisher import Publisher, Run
-from gateway.redisconn import connect
+from gateway.agent.leases import reap_once
+from gateway.agent.publisher import Publisher, Run
 from gateway.settings import Settings
-from gateway.streams import PublishRejected, Streams
+from gateway.store import Store
+from gateway.store.client import connect
+from gateway.store.sessions import PublishRejected
 from tests.support import Gateway, Worker, sse
 
 TERMINALS = ("run.completed", "run.failed", "run.cancelled")
 
 
 @pytest.fixture
-async def iso(redis_server) -> AsyncIterator[Streams]:  # type: ignore[no-untyped-def]
-    """Streams under a key prefix of its own: no other process's reaper touches its runs."""
+async def iso(redis_server) -> AsyncIterator[Store]:  # type: ignore[no-untyped-def]
+    """Store under a key prefix of its own: no other process's reaper touches its runs."""
     redis = connect(Settings(redis_url=redis_server.url), role="test")
-    yield Streams(redis, prefix="iso" + uuid.uuid4().hex[:8])
+    yield Store(redis, prefix="iso" + uuid.uuid4().hex[:8])
     await redis.aclose()
 
 
-def lease_key(streams: Streams, sid: str) -> str:
-    return f"{streams.prefix}:{{{sid}}}:lease"
+def lease_key(store: Store, sid: str) -> str:
+    return f"{store.prefix}:{{{sid}}}:lease"
 
 
-async def run_events(streams: Streams, sid: str, run_id: str) -> list[str]:
-    return [e.type for e in await streams.read(sid, 0, 10_000) if e.run_id == run_id]
+async def run_events(store: Store, sid: str, run_id: str) -> list[str]:
+    return [e.type for e in await store.sessions.read(sid, 0, 10_000) if e.run_id == run_id]
 
 
 async def eventually(pred, timeout: float = 20.0, what: str = "") -> None:  # type: ignore[no-untyped-def]
@@ -52,13 +53,13 @@ async def eventually(pred, timeout: float = 20.0, what: str = "") -> None:  # ty
         await asyncio.sleep(0.05)
 
 
-async def test_reaped_run_refuses_the_late_worker(iso: Streams, sid: str) -> None:
+async def test_reaped_run_refuses_the_late_worker(iso: Store, sid: str) -> None:
     """Chaos bug 1: a worker's renewals failed while Redis was down, a reaper ended its run,
     and the worker went on publishing, terminal included (two terminals). Its token is now
     refused: ``run_ended``, and the log keeps exactly one terminal with nothing after it."""
     pub = Publisher(iso, pickup_timeout_s=30)
     await pub.start_run(sid, "question", run_id="r1")
-    token = await iso.lease("acquire", sid, "r1", "w1", 30)
+    token = await iso.sessions.lease("acquire", sid, "r1", "w1", 30)
     worker = Run(pub, sid, "r1", fence=token)
     await worker.text_delta("partial ")
     await iso.redis.delete(lease_key(iso, sid))  # the lease expired during the outage
@@ -76,32 +77,32 @@ async def test_reaped_run_refuses_the_late_worker(iso: Streams, sid: str) -> Non
 
 
 async def test_superseded_token_is_lease_lost_and_renewal_revives_only_a_current_one(
-    iso: Streams, sid: str
+    iso: Store, sid: str
 ) -> None:
     """A handed-back run gets a new token: the old holder's publishes are ``lease_lost``. A
     lease that expired while its token stayed current is renewed (Redis was down, nobody
     took the run)."""
     pub = Publisher(iso)
     await pub.start_run(sid, "question", run_id="r1")
-    old = await iso.lease("acquire", sid, "r1", "w1", 30)
+    old = await iso.sessions.lease("acquire", sid, "r1", "w1", 30)
     await iso.redis.delete(lease_key(iso, sid))
-    assert await iso.lease("renew", sid, "r1", "w1", 30, old) == 1
-    assert await iso.lease_holder(sid) == "w1"
-    new = await iso.lease("handback", sid, "r1", "w1", 30, old)
-    assert new > old and await iso.lease_holder(sid) == "queued"
+    assert await iso.sessions.lease("renew", sid, "r1", "w1", 30, old) == 1
+    assert await iso.sessions.lease_holder(sid) == "w1"
+    new = await iso.sessions.lease("handback", sid, "r1", "w1", 30, old)
+    assert new > old and await iso.sessions.lease_holder(sid) == "queued"
     with pytest.raises(PublishRejected) as refused:
         await Run(pub, sid, "r1", fence=old).text_delta("stale")
     assert refused.value.code == "lease_lost"
-    assert await iso.lease("renew", sid, "r1", "w1", 30, old) == 0
-    taken = await iso.lease("acquire", sid, "r1", "w2", 30)
+    assert await iso.sessions.lease("renew", sid, "r1", "w1", 30, old) == 0
+    taken = await iso.sessions.lease("acquire", sid, "r1", "w2", 30)
     assert taken > new
-    assert await iso.lease("acquire", sid, "r1", "w3", 30) == 0  # no stealing from w2
+    assert await iso.sessions.lease("acquire", sid, "r1", "w3", 30) == 0  # no stealing from w2
     await Run(pub, sid, "r1", fence=taken).complete()
     assert (await run_events(iso, sid, "r1"))[-1] == "run.completed"
 
 
 async def test_stuck_running_session_is_reaped_whatever_its_holder_says(
-    iso: Streams, sid: str
+    iso: Store, sid: str
 ) -> None:
     """Chaos bug 2: the worker logged "lost the lease; stopping it" and published nothing
     more; the session kept ``running``, ``run_holder`` set, ``cancel_requested`` set, no
@@ -109,30 +110,30 @@ async def test_stuck_running_session_is_reaped_whatever_its_holder_says(
     since a cancel was asked."""
     pub = Publisher(iso)
     await pub.start_run(sid, "question", run_id="r1")
-    assert await iso.lease("acquire", sid, "r1", "gone-worker", 30)
-    await iso.request_cancel(sid, "r1")
+    assert await iso.sessions.lease("acquire", sid, "r1", "gone-worker", 30)
+    await iso.sessions.request_cancel(sid, "r1")
     await iso.redis.delete(lease_key(iso, sid))
-    assert sid in [s for s, _ in await iso.running_sessions()]
+    assert sid in [s for s, _ in await iso.runs.sessions()]
     assert await reap_once(iso, pub) == [sid]
     assert (await run_events(iso, sid, "r1"))[-1] == "run.cancelled"
-    meta = await iso.meta(sid)
+    meta = await iso.sessions.meta(sid)
     assert meta is not None and meta.status == "idle"
     await reap_once(iso, pub)  # the idle session leaves the reapers' index
-    assert sid not in [s for s, _ in await iso.running_sessions()]
+    assert sid not in [s for s, _ in await iso.runs.sessions()]
 
 
 async def test_running_index_keeps_a_run_started_after_the_reaper_looked(
-    iso: Streams, sid: str
+    iso: Store, sid: str
 ) -> None:
     """The reapers' index was kept by the activity feed, written after each publish: a run's
     idle entry could land after the next run's running entry, removing a running session
     from the index for good. Now it is marked before the start and forgotten only by a
     reaper whose reading is still current."""
-    await iso.mark_running(sid)
-    [(_, score)] = [p for p in await iso.running_sessions() if p[0] == sid]
-    await iso.mark_running(sid)  # a new run starts after the reaper read the score
-    assert not await iso.forget_running(sid, score)
-    assert sid in [s for s, _ in await iso.running_sessions()]
+    await iso.runs.mark(sid)
+    [(_, score)] = [p for p in await iso.runs.sessions() if p[0] == sid]
+    await iso.runs.mark(sid)  # a new run starts after the reaper read the score
+    assert not await iso.runs.forget(sid, score)
+    assert sid in [s for s, _ in await iso.runs.sessions()]
 
 
 async def test_run_start_is_atomic_and_a_lost_command_is_sent_again(
@@ -144,15 +145,15 @@ async def test_run_start_is_atomic_and_a_lost_command_is_sent_again(
     workers, a reaper sends it again and the run is played."""
     settings = {"key_prefix": "atomic", "run_pickup_timeout": 4, "run_lease_ttl": 1.5}
     redis = connect(Settings(redis_url=redis_server.url), role="test")
-    streams = Streams(redis, prefix="atomic")
-    pub = Publisher(streams, pickup_timeout_s=4)
+    store = Store(redis, prefix="atomic")
+    pub = Publisher(store, pickup_timeout_s=4)
     command = {"kind": "run", "session_id": sid, "run_id": "r1", "input": "offsets please"}
     gw = Gateway(redis_server.url, **settings)
     worker = Worker(redis_server.url, tokens_per_second=400, command_claim_idle=1, **settings)
     try:
         # What a gateway that died right after the start script leaves behind: no XADD.
         await pub.start_run(sid, "offsets please", run_id="r1", command=command)
-        assert await streams.lease_holder(sid) == "queued"
+        assert await store.sessions.lease_holder(sid) == "queued"
         async with sse(client, f"{gw.url}/v1/sessions/{sid}/events?from=start") as s:
             types = []
             while not types or types[-1] not in TERMINALS:
@@ -165,7 +166,7 @@ async def test_run_start_is_atomic_and_a_lost_command_is_sent_again(
 
 
 async def test_queued_run_nobody_plays_is_ended_within_the_pickup_timeout(
-    iso: Streams, sid: str
+    iso: Store, sid: str
 ) -> None:
     """No worker at all: the run started with its lease, so it ends as interrupted once the
     pickup timeout passes."""
@@ -177,12 +178,12 @@ async def test_queued_run_nobody_plays_is_ended_within_the_pickup_timeout(
         return (await run_events(iso, sid, "r1"))[-1] in TERMINALS
 
     await eventually(ended, 10, "the queued run was never reaped")
-    events = await iso.read(sid, 0, 100)
+    events = await iso.sessions.read(sid, 0, 100)
     assert json.loads(events[-1].data)["reason"] == "interrupted"
 
 
 async def test_cancel_of_a_run_no_worker_holds_publishes_its_one_terminal(
-    redis_server, iso: Streams, client: httpx.AsyncClient, sid: str
+    redis_server, iso: Store, client: httpx.AsyncClient, sid: str
 ) -> None:
     """The browser's cancel got 202 and did nothing while the worker was gone. Now the
     gateway ends such a run itself: exactly one ``run.cancelled``; a repeat is 409."""
@@ -190,7 +191,7 @@ async def test_cancel_of_a_run_no_worker_holds_publishes_its_one_terminal(
     try:
         pub = Publisher(iso)
         await pub.start_run(sid, "question", run_id="r1")
-        assert await iso.lease("acquire", sid, "r1", "gone-worker", 30)
+        assert await iso.sessions.lease("acquire", sid, "r1", "gone-worker", 30)
         await iso.redis.delete(lease_key(iso, sid))
         r = await client.post(f"{gw.url}/v1/sessions/{sid}/runs/r1/cancel")
         assert r.status_code == 202

@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import snapshot
-from gateway.publisher import EventIn, Publisher
-from gateway.redisconn import connect
+from gateway.agent.publisher import EventIn, Publisher
+from gateway.core import fold
 from gateway.settings import Settings
-from gateway.streams import Streams
+from gateway.store import Store
+from gateway.store.client import connect
 from tests.conftest import FAST
 from tests.support import Gateway, seqs, sse
 
@@ -168,9 +168,9 @@ async def test_s05_bad_cursors_get_4xx_or_reset(gateways, publisher, client, sid
     assert r.status_code == 400 and r.json()["code"] == "invalid_id"
 
 
-async def test_s06_cursor_older_than_retention_resets_to_snapshot(gateways, streams, client, sid):
+async def test_s06_cursor_older_than_retention_resets_to_snapshot(gateways, store, client, sid):
     a, _ = gateways
-    small = Publisher(streams, retention_maxlen=10)
+    small = Publisher(store, retention_maxlen=10)
     await small.publish(sid, "run.started", {"input": "long run"}, run_id="r1")
     for i in range(10):
         await small.publish_batch(
@@ -260,22 +260,22 @@ async def test_s09_second_device_snapshot_plus_tail_equals_full_view(
             tail: list[Any] = []
             while not tail or tail[-1].id != last:
                 tail.append(await second.next())
-    folded = snapshot.empty_state(sid)
+    folded = fold.empty_state(sid)
     for f in full:
         env = f.json()
-        snapshot.apply(folded, env["type"], env["run_id"], env["data"])
+        fold.apply(folded, env["type"], env["run_id"], env["data"])
     joined = snap["state"]
     for f in tail:
         env = f.json()
-        snapshot.apply(joined, env["type"], env["run_id"], env["data"])
+        fold.apply(joined, env["type"], env["run_id"], env["data"])
     assert joined == folded
     assert folded["runs"][0]["text"] == "".join(f"w{i} " for i in range(30)) + "".join(
         f"v{i} " for i in range(30)
     )
 
 
-async def test_s10_switch_away_and_back_20_times(store, publisher, client, sid):
-    gw = Gateway(store.url, **FAST)  # own process: its open-stream gauge is ours alone
+async def test_s10_switch_away_and_back_20_times(backend, publisher, client, sid):
+    gw = Gateway(backend.url, **FAST)  # own process: its open-stream gauge is ours alone
     try:
         other = sid + "-other"
         conn = await connect_viewer(
@@ -348,10 +348,10 @@ async def test_s11_new_run_not_suppressed_by_old_cursor(gateways, publisher, cli
     assert {f.json()["run_id"] for f in frames} == {run2.run_id}
 
 
-async def test_s16_concurrent_producers_one_total_order(gateways, store, client, sid):
+async def test_s16_concurrent_producers_one_total_order(gateways, backend, client, sid):
     a, b = gateways
-    clients = [connect(Settings(redis_url=store.url), role="producer") for _ in range(2)]
-    pubs = [Publisher(Streams(r)) for r in clients]
+    clients = [connect(Settings(redis_url=backend.url), role="producer") for _ in range(2)]
+    pubs = [Publisher(Store(r)) for r in clients]
     n = 300
 
     async def produce(k: int) -> None:
@@ -374,8 +374,8 @@ async def test_s16_concurrent_producers_one_total_order(gateways, store, client,
         assert mine == [f"p{k}-{i}" for i in range(n)]
 
 
-async def test_s17_heartbeats_and_abandoned_connections_reclaimed(store, client, sid):
-    gw = Gateway(store.url, heartbeat_interval=0.5, connection_ttl=2)
+async def test_s17_heartbeats_and_abandoned_connections_reclaimed(backend, client, sid):
+    gw = Gateway(backend.url, heartbeat_interval=0.5, connection_ttl=2)
     try:
         conn = await connect_viewer(client, gw.url, sid, **{"from": "live"})
         cid = conn["connection_id"]
@@ -421,7 +421,7 @@ async def test_second_attach_closes_first_across_replicas(gateways, publisher, c
             assert seqs(await second.take(3)) == [1, 2, 3]
 
 
-async def test_viewer_count_uses_constant_redis_connections(gateways, store, publisher, sid):
+async def test_viewer_count_uses_constant_redis_connections(gateways, backend, publisher, sid):
     """200 concurrent viewers of 20 sessions: the gateway process holds ≤ 8 Redis connections
     (on a cluster: ≤ 8 on each node, its command pool plus one sharded Pub/Sub connection)."""
     a, _ = gateways
@@ -456,13 +456,13 @@ async def test_viewer_count_uses_constant_redis_connections(gateways, store, pub
                 .endswith((f":{a.proc.pid}", f":{a.proc.pid}:ssub"))
                 for ln in cli("CLIENT", "LIST").splitlines()
             )
-            for cli in store.nodes
+            for cli in backend.nodes
         ]
         streams_open = a.metric("gateway_open_streams", kind="plain")
         done.set()
         await asyncio.gather(*tasks)
     print(
-        f"[{store.kind}] 200 viewers / 20 sessions: {sum(per_node)} Redis connections from the "
+        f"[{backend.kind}] 200 viewers / 20 sessions: {sum(per_node)} Redis connections from the "
         f"gateway ({per_node} per node), {streams_open:.0f} open streams"
     )
     assert streams_open >= 200

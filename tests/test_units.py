@@ -9,11 +9,12 @@ import json
 import pytest
 from litestar.testing import AsyncTestClient
 
-from gateway import events, offsets, snapshot
-from gateway.http import create_app
-from gateway.hub import Subscriber
+from gateway.api.app import create_app
+from gateway.core import events, fold, frames, offsets
+from gateway.core.events import StoredEvent
+from gateway.live.hub import Subscriber
 from gateway.settings import Settings
-from gateway.streams import StoredEvent, envelope_json, parse_live_frame
+from gateway.store.sessions import envelope_json
 
 
 def test_offsets_round_trip_and_order() -> None:
@@ -56,9 +57,11 @@ def test_event_validation() -> None:
 
 
 def test_live_frame_and_envelope() -> None:
-    epoch, evs = parse_live_frame(
+    frame = frames.decode(
         'E\tdeadbeef\n7\t1000\tmessage.delta\tr1\t{"text":"a\\tb"}\n8\t1001\tsession.title\t\t{"title":"t"}'
     )
+    assert isinstance(frame, frames.LiveEvents)
+    epoch, evs = frame.epoch, frame.events
     assert epoch == "deadbeef" and [e.seq for e in evs] == [7, 8]
     env = json.loads(envelope_json('"s1"', epoch, evs[1]))
     assert env == {
@@ -72,7 +75,7 @@ def test_live_frame_and_envelope() -> None:
 
 
 def test_fold_matches_documented_shape() -> None:
-    state = snapshot.empty_state("s")
+    state = fold.empty_state("s")
     for typ, data in [
         ("run.started", {"input": "q"}),
         ("reasoning.delta", {"text": "hm"}),
@@ -85,9 +88,9 @@ def test_fold_matches_documented_shape() -> None:
         ("message.delta", {"text": "he"}),
         ("message.delta", {"text": "llo"}),
     ]:
-        snapshot.apply(state, typ, "r1", data)
+        fold.apply(state, typ, "r1", data)
     assert state["status"] == "running" and state["pending_approvals"][0]["approval_id"] == "a"
-    snapshot.apply(state, "run.failed", "r1", {"error": "boom"})
+    fold.apply(state, "run.failed", "r1", {"error": "boom"})
     run = state["runs"][0]
     assert (run["text"], run["reasoning"], run["status"], run["error"]) == (
         "hello",
@@ -148,7 +151,7 @@ async def test_embedded_demo_runs_a_turn_on_fakeredis() -> None:
 
 
 def test_redactor_masks_known_secret_shapes_and_keeps_prose() -> None:
-    from gateway.redaction import MASK, Redactor
+    from gateway.agent.redaction import MASK, Redactor
 
     r = Redactor(["acct-[0-9]{6}"])
     cases = {

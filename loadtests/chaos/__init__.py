@@ -29,9 +29,9 @@ from typing import Any
 
 import httpx
 
-from gateway.redisconn import connect
 from gateway.settings import Settings
-from gateway.streams import Streams
+from gateway.store import Store
+from gateway.store.client import connect
 from loadtests.chaos.invariants import (
     Logs,
     Violation,
@@ -133,7 +133,7 @@ async def run_chaos(
     )
     report.logdir = top.logdir
     redis = connect(Settings(redis_url=top.direct_url), role="checker")
-    streams = Streams(redis)
+    store = Store(redis)
     try:
         async with httpx.AsyncClient(timeout=5) as http:
 
@@ -168,7 +168,7 @@ async def run_chaos(
 
             async def idle() -> bool:
                 for sid in sids:
-                    meta = await streams.meta(sid)
+                    meta = await store.sessions.meta(sid)
                     if meta is None or meta.status == "running":
                         return False
                 return True
@@ -179,7 +179,7 @@ async def run_chaos(
             traffic.stop()  # approvals were answered until now: runs waiting for one ended
             await asyncio.wait_for(driving, 60)
 
-            logs = await Logs.read(streams, sids)
+            logs = await Logs.read(store, sids)
             for v in traffic.viewers:
                 head = logs.head_offset(v.sid)
                 if v.last != head:
@@ -198,7 +198,7 @@ async def run_chaos(
 
             streams_back = await _until(quiet, 15)
             clients = await _redis_clients(top)
-            logs = await Logs.read(streams, sids)
+            logs = await Logs.read(store, sids)
             report.log = summary(logs)
             report.viewers = _viewer_stats(traffic)
             report.violations = [

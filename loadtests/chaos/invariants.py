@@ -8,7 +8,8 @@ import itertools
 import json
 from dataclasses import dataclass, field
 
-from gateway.streams import StoredEvent, Streams
+from gateway.core.events import StoredEvent
+from gateway.store import Store
 from loadtests.chaos.traffic import Viewer
 
 TERMINALS = ("run.completed", "run.failed", "run.cancelled")
@@ -51,18 +52,18 @@ class Logs:
     runs: dict[str, str] = field(default_factory=dict)  # sid -> the active run's lease state
 
     @classmethod
-    async def read(cls, streams: Streams, sessions: list[str]) -> Logs:
+    async def read(cls, store: Store, sessions: list[str]) -> Logs:
         events, epochs, status, heads, runs = {}, {}, {}, {}, {}
         for sid in sessions:
-            meta = await streams.meta(sid)
-            events[sid] = await streams.read(sid, 0, 1_000_000)
+            meta = await store.sessions.meta(sid)
+            events[sid] = await store.sessions.read(sid, 0, 1_000_000)
             epochs[sid] = meta.epoch if meta else ""
             status[sid] = meta.status if meta else "missing"
             heads[sid] = meta.seq if meta else 0
             if meta is not None and meta.status == "running":
                 runs[sid] = (
-                    f"run {meta.run_id}, holder {await streams.run_holder(sid)!r}, "
-                    f"lease {await streams.lease_holder(sid)!r}, "
+                    f"run {meta.run_id}, holder {await store.sessions.run_holder(sid)!r}, "
+                    f"lease {await store.sessions.lease_holder(sid)!r}, "
                     f"cancel requested {meta.cancel_requested == meta.run_id}"
                 )
         return cls(events, epochs, status, heads, runs)

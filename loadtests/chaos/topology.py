@@ -23,6 +23,7 @@ SETTINGS: dict[str, Any] = {
     "heartbeat_interval": 1,
     "auto_commit_interval": 0.1,
     "retention_after_run": 0,  # keep every event: the invariants read whole logs
+    "retention_maxlen": 10_000_000,
     "worker_drain_timeout": 1,
     "drain_timeout": 3,
     "drain_spread": 0.2,
