@@ -80,7 +80,14 @@ async def answer_approval(
     if run_id is None:
         raise GatewayError(404, "approval_not_found", f"no approval {approval_id!r}")
     resolved = {"approval_id": approval_id, "decision": data.decision}
-    offs = await rt.publisher.publish_batch(sid, [EventIn("approval.resolved", resolved, run_id)])
+    try:
+        offs = await rt.publisher.publish_batch(
+            sid, [EventIn("approval.resolved", resolved, run_id)]
+        )
+    except PublishRejected as exc:
+        if exc.code == "approval_not_found":  # the hash was lost meanwhile: still a 404 here
+            raise GatewayError(404, exc.code, f"no approval {approval_id!r}") from exc
+        raise
     return ApprovalAnswered(offs[0])
 
 
