@@ -49,7 +49,7 @@ def replicas(cluster: RedisCluster) -> Iterator[tuple[Gateway, Gateway]]:
 
 
 @pytest_asyncio.fixture
-async def cstreams(cluster: RedisCluster) -> AsyncIterator[Store]:
+async def cstore(cluster: RedisCluster) -> AsyncIterator[Store]:
     redis = connect(Settings(redis_url=cluster.url), role="test")
     yield Store(redis)
     await redis.aclose()

@@ -131,7 +131,7 @@ async def test_sigkill_replica_viewers_resume_on_survivors(cluster: Cluster) -> 
             await wait_caught_up(everyone, pub.last_seqs, timeout=20)
         finally:
             await stop_viewers(tasks)
-    await log_matches(cluster.streams, pub.offsets)
+    await log_matches(cluster.store, pub.offsets)
 
     killed = [v.attempts[killed_at[id(v)]] for v in served]
     resumed = [v.attempts[killed_at[id(v)] + 1 :] for v in served]
@@ -205,7 +205,7 @@ async def test_sigterm_drains_replica(cluster: Cluster) -> None:
             await wait_caught_up(viewers, pub.last_seqs, timeout=20)
         finally:
             await stop_viewers(tasks)
-    await log_matches(cluster.streams, pub.offsets)
+    await log_matches(cluster.store, pub.offsets)
 
     drained = [v.attempts[drained_at[id(v)]] for v in served]
     after = [v.attempts[drained_at[id(v)] + 1] for v in served]
@@ -297,7 +297,7 @@ async def test_rolling_restart_of_all_replicas(cluster: Cluster) -> None:
             caught_up_s = await wait_caught_up(viewers, pub.last_seqs, timeout=30)
         finally:
             await stop_viewers(tasks)
-    await log_matches(cluster.streams, pub.offsets)
+    await log_matches(cluster.store, pub.offsets)
 
     attempts = [a for v in viewers for a in v.attempts]
     reopen = [
