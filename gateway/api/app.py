@@ -35,12 +35,10 @@ from gateway.store.client import connect
 
 log = logging.getLogger(__name__)
 
+# /v1, by resource: the OpenAPI tags group the schema the same way.
 API_ROUTES = [
-    *sessions.HANDLERS,
-    *connections.HANDLERS,
-    *events.HANDLERS,
-    *runs.HANDLERS,
-    *mux.HANDLERS,
+    Router("/", route_handlers=module.HANDLERS, tags=[module.__name__.rsplit(".", 1)[1]])
+    for module in (sessions, connections, events, runs, mux)
 ]
 
 
@@ -117,7 +115,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
 
     handlers: list[Any] = [
         Router("/", route_handlers=API_ROUTES, guards=[authorize], dependencies=DEPENDENCIES),
-        *ops.HANDLERS,
+        Router("/", route_handlers=ops.HANDLERS, tags=["operations"]),
         *durable.ROUTE_HANDLERS,  # the Durable Streams protocol under /ds
     ]
     if settings.frontend_dir.is_dir():

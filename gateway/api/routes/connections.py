@@ -80,6 +80,8 @@ async def get_connection(call: CallDep, connection_id: FromPath[str]) -> Connect
 
 @get(
     "/v1/sessions/{session_id:str}/connections/{connection_id:str}/events",
+    tags=["sse"],
+    media_type="text/event-stream",
     opt={"action": "view"},
 )
 async def connection_events(

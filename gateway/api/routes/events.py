@@ -20,7 +20,12 @@ from gateway.live.session_stream import EventStream
 MAX_BATCH = 500
 
 
-@get("/v1/sessions/{session_id:str}/events", opt={"action": "view"})
+@get(
+    "/v1/sessions/{session_id:str}/events",
+    tags=["sse"],
+    media_type="text/event-stream",
+    opt={"action": "view"},
+)
 async def session_events(call: CallDep, request: Request[Any, Any, Any]) -> Stream:
     """Resumable SSE without a stored consumer: from ``Last-Event-ID``, else ``?from=``
     (``start``, ``run``, ``live`` or an offset; default ``start``)."""

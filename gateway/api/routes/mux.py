@@ -34,7 +34,7 @@ async def owned(call: CallDep, mux_id: FromPath[str]) -> StoredMux:
     return mux
 
 
-@get("/v1/activity", opt={"action": "view"})
+@get("/v1/activity", tags=["sse"], media_type="text/event-stream", opt={"action": "view"})
 async def activity(call: CallDep, request: Request[Any, Any, Any]) -> Stream:
     """SSE feed of status changes of the sessions the token may view; ``Last-Event-ID``
     resumes."""
@@ -134,7 +134,12 @@ async def ack_mux(call: CallDep, mux_id: FromPath[str], data: JSONBody[AckMux]) 
         )
 
 
-@get("/v1/mux/{mux_id:str}/events", opt={"action": "view"})
+@get(
+    "/v1/mux/{mux_id:str}/events",
+    tags=["sse"],
+    media_type="text/event-stream",
+    opt={"action": "view"},
+)
 async def mux_events(call: CallDep, mux_id: FromPath[str]) -> Stream:
     """The browser's one SSE stream: every subscribed session plus the activity feed.
 

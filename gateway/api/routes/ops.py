@@ -9,8 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from gateway.api.deps import runtime_of
-from gateway.api.errors import error_body
-from gateway.api.schemas import Status
+from gateway.api.schemas import Error, Status
 
 
 @get("/healthz")
@@ -20,16 +19,16 @@ async def healthz() -> Status:
 
 
 @get("/readyz")
-async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
+async def readyz(request: Request[Any, Any, Any]) -> Response[Status | Error]:
     """Readiness: Redis answers a PING and the replica is not draining (else ``503``
     ``draining`` or ``redis_unavailable``)."""
     rt = runtime_of(request)
     if rt.draining:
-        return Response(error_body("draining", "shutting down"), status_code=503)
+        return Response(Error("draining", "shutting down"), status_code=503)
     try:
         await rt.store.redis.ping()
     except (RedisError, OSError) as exc:
-        return Response(error_body("redis_unavailable", str(exc)), status_code=503)
+        return Response(Error("redis_unavailable", str(exc)), status_code=503)
     return Response(Status("ready"))
 
 
