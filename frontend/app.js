@@ -1,28 +1,50 @@
+// @ts-check
 // Viewer app: a sidebar of sessions and a transcript pane that is a projection of the
 // GatewayClient's state for the viewed session. The browser holds ONE stream for all its
 // tabs (see gateway-client.js); switching sessions only changes subscriptions.
 //
 // Event text is written with textContent, except answers: markdown rendered by marked
-// and always sanitized by DOMPurify before it touches innerHTML.
+// and always sanitized by DOMPurify before it touches the DOM. A streaming answer is
+// rendered incrementally (markdown-stream.js): only its last blocks are parsed again.
 
 import { GatewayClient } from './gateway-client.js';
+import { MarkdownStream } from './markdown-stream.js';
 import { Marked } from './vendor/marked.esm.js';
 import DOMPurify from './vendor/purify.es.js';
 
-const $ = (selector) => document.querySelector(selector);
+/**
+ * @typedef {import('./gateway-fold.js').SessionState} SessionState
+ * @typedef {import('./gateway-fold.js').RunState} RunState
+ * @typedef {import('./gateway-fold.js').ToolState} ToolState
+ * @typedef {import('./gateway-fold.js').ApprovalState} ApprovalState
+ * @typedef {{session_id: string, status: string, title: string|null, run_id: string|null,
+ *   last_offset: string|null, updated_ms: number}} SessionRow a sidebar entry
+ * @typedef {HTMLDetailsElement & {expected?: boolean}} ReasoningDetails the open state we
+ *   set last (a 'toggle' to another state is the user's)
+ * @typedef {{stream: MarkdownStream, done: string, nodes: number}} AnswerView the answer's
+ *   markdown: its stream, the HTML of its final blocks, and how many nodes they are
+ * @typedef {{el: HTMLElement, user: HTMLElement, parts: {reasoning: HTMLElement,
+ *   tools: HTMLElement, approvals: HTMLElement, answer: HTMLElement, footer: HTMLElement},
+ *   run: RunState|null, pending: SessionState['pending_approvals']|null, text: string|null,
+ *   answerView: AnswerView, details: ReasoningDetails|null, footerKey: string|null}} RunView
+ *   one run's DOM parts and the run object last drawn
+ */
+
+/** @param {string} selector */
+const $ = (selector) => /** @type {HTMLElement} */ (document.querySelector(selector));
 const els = {
   app: $('.app'),
   list: $('#session-list'),
-  newSession: $('#new-session'),
+  newSession: /** @type {HTMLButtonElement} */ ($('#new-session')),
   title: $('#session-title'),
   conn: $('#conn-status'),
   transport: $('#transport-info'),
   transcript: $('#transcript'),
-  jump: $('#jump'),
-  composer: $('#composer'),
-  prompt: $('#prompt'),
-  send: $('#send'),
-  cancel: $('#cancel'),
+  jump: /** @type {HTMLButtonElement} */ ($('#jump')),
+  composer: /** @type {HTMLFormElement} */ ($('#composer')),
+  prompt: /** @type {HTMLTextAreaElement} */ ($('#prompt')),
+  send: /** @type {HTMLButtonElement} */ ($('#send')),
+  cancel: /** @type {HTMLButtonElement} */ ($('#cancel')),
   toasts: $('#toasts'),
 };
 
@@ -62,6 +84,7 @@ function storedToken() {
   try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; }
 }
 
+/** @param {string} token */
 function storeToken(token) {
   try { sessionStorage.setItem(TOKEN_KEY, token); } catch { /* storage disabled */ }
 }
@@ -77,12 +100,16 @@ const client = new GatewayClient({
   accessToken: accessToken || undefined,
 });
 
-let current = null; // viewed session id
-/** @type {Map<string, {session_id: string, status: string, title: string|null, run_id: string|null, last_offset: string|null, updated_ms: number}>} */
+/** @type {string|null} viewed session id */
+let current = null;
+/** @type {Map<string, SessionRow>} */
 const sessions = new Map();
 let sending = false; // POST /runs in flight
-let pendingStart = null; // {sid, runId, until}: accepted run whose run.started has not arrived
-const cancelling = new Set(); // run ids whose cancel request is in flight
+/** @type {{sid: string, runId: string, until: number}|null} accepted run whose run.started has not arrived */
+let pendingStart = null;
+/** @type {Set<string>} run ids whose cancel request is in flight */
+const cancelling = new Set();
+/** @type {Set<string>} approval ids whose answer is in flight */
 const inflightApprovals = new Set();
 let listStale = false; // activity may have been missed while hidden or disconnected
 let lastListLoad = 0;
@@ -98,23 +125,70 @@ DOMPurify.addHook('afterSanitizeAttributes', (node) => {
   if (node.tagName === 'IMG') node.setAttribute('loading', 'lazy');
 });
 
-/** Markdown -> sanitized DOM fragment. Never inserts unsanitized HTML. */
-function renderMarkdown(target, text) {
-  let html;
+const PURIFY = {
+  FORBID_TAGS: ['style', 'form', 'input', 'textarea', 'select', 'button'],
+  FORBID_ATTR: ['style'],
+};
+
+/**
+ * @param {string} html
+ * @returns {string}
+ */
+function sanitize(html) {
+  return DOMPurify.sanitize(html, PURIFY);
+}
+
+/** @returns {AnswerView} */
+function newAnswerView() {
+  return { stream: new MarkdownStream(markdown), done: '', nodes: 0 };
+}
+
+/**
+ * Markdown -> sanitized DOM, for a text that grows (a streaming answer): the nodes of
+ * blocks no later text can change are kept, only the last blocks are parsed and replaced.
+ * The DOM is the same as rendering the whole text at once. Never inserts unsanitized HTML.
+ * @param {HTMLElement} target
+ * @param {AnswerView} view what was rendered into `target` so far
+ * @param {string} text
+ */
+function renderMarkdown(target, view, text) {
+  let u;
   try {
-    html = markdown.parse(text);
+    u = view.stream.update(text);
   } catch {
     target.textContent = text;
+    Object.assign(view, newAnswerView());
     return;
   }
-  target.innerHTML = DOMPurify.sanitize(html, {
-    FORBID_TAGS: ['style', 'form', 'input', 'textarea', 'select', 'button'],
-    FORBID_ATTR: ['style'],
-  });
+  if (u.reset) {
+    view.done = '';
+    view.nodes = 0;
+  }
+  view.done += u.done;
+  if (view.stream.rawHtml) {
+    // Raw HTML may span blocks (an unclosed tag): sanitize and parse it all at once.
+    target.innerHTML = sanitize(view.done + u.rest);
+    view.nodes = 0;
+    return;
+  }
+  // Keep the nodes of final blocks, replace the rest.
+  while (target.childNodes.length > view.nodes) target.lastChild.remove();
+  if (u.done) {
+    target.insertAdjacentHTML('beforeend', sanitize(u.done));
+    view.nodes = target.childNodes.length;
+  }
+  if (u.rest) target.insertAdjacentHTML('beforeend', sanitize(u.rest));
 }
 
 // ---- small DOM helpers ---------------------------------------------------------------
 
+/**
+ * @template {keyof HTMLElementTagNameMap} K
+ * @param {K} tag
+ * @param {string|null} [className]
+ * @param {string|null} [text]
+ * @returns {HTMLElementTagNameMap[K]}
+ */
 function h(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -122,6 +196,11 @@ function h(tag, className, text) {
   return node;
 }
 
+/**
+ * @param {string} className
+ * @param {string} [label]
+ * @param {string} [title] also its aria-label
+ */
 function button(className, label, title) {
   const b = h('button', className, label);
   b.type = 'button';
@@ -132,11 +211,13 @@ function button(className, label, title) {
   return b;
 }
 
+/** @param {number|null} ms */
 function formatDuration(ms) {
   if (typeof ms !== 'number') return '';
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(ms < 10000 ? 1 : 0)} s`;
 }
 
+/** @param {number} ms */
 function relativeTime(ms) {
   if (!ms) return '';
   const s = Math.max(0, (Date.now() - ms) / 1000);
@@ -146,6 +227,7 @@ function relativeTime(ms) {
   return `${Math.round(s / 86400)}d`;
 }
 
+/** @param {unknown} args */
 function summarizeArgs(args) {
   if (args == null) return '';
   let text;
@@ -154,6 +236,7 @@ function summarizeArgs(args) {
   return text.length > 120 ? `${text.slice(0, 119)}…` : text;
 }
 
+/** @param {unknown} value */
 function prettyJson(value) {
   try { return JSON.stringify(value, null, 2); } catch { return String(value); }
 }
@@ -190,6 +273,7 @@ function toast(message, opts = {}) {
   return { dismiss };
 }
 
+/** @param {string} key */
 function dismissToast(key) {
   els.toasts.querySelector(`.toast[data-key="${CSS.escape(key)}"]`)?.remove();
 }
@@ -202,6 +286,11 @@ function sessionFromHash() {
   try { return decodeURIComponent(m[1]); } catch { return null; }
 }
 
+/**
+ * View `sid` in the transcript pane.
+ * @param {string} sid
+ * @param {{replace?: boolean}} [opts] replace the history entry rather than push one
+ */
 function select(sid, { replace = false } = {}) {
   if (!sid) return;
   if (sid === current) {
@@ -242,6 +331,7 @@ async function newSession({ replace = false } = {}) {
 
 // ---- sidebar -------------------------------------------------------------------------
 
+/** @type {Promise<boolean>|null} */
 let loadingList = null;
 function loadSessions() {
   if (loadingList) return loadingList;
@@ -269,6 +359,7 @@ function loadSessions() {
   return loadingList;
 }
 
+/** @param {{force?: boolean}} [opts] also when the list is recent */
 function refreshSessionsIfVisible({ force = false } = {}) {
   if (document.visibilityState === 'hidden') {
     listStale = true;
@@ -278,11 +369,12 @@ function refreshSessionsIfVisible({ force = false } = {}) {
   loadSessions().catch(() => { listStale = true; });
 }
 
+/** @param {{session_id: string, ts?: number, [field: string]: any}} entry */
 function onActivity(entry) {
   const sid = entry.session_id;
   const prev = sessions.get(sid) || { session_id: sid, status: 'idle', title: null, run_id: null, last_offset: null, updated_ms: 0 };
   const next = { ...prev };
-  for (const key of ['status', 'title', 'run_id', 'last_offset']) {
+  for (const key of /** @type {const} */ (['status', 'title', 'run_id', 'last_offset'])) {
     if (entry[key] !== undefined) next[key] = entry[key];
   }
   next.updated_ms = typeof entry.ts === 'number' ? entry.ts : Date.now();
@@ -294,7 +386,10 @@ function sortedSessions() {
   return [...sessions.values()].sort((a, b) => (b.updated_ms || 0) - (a.updated_ms || 0));
 }
 
-/** Sidebar view of a session: the viewed one's live state is fresher than the feed. */
+/**
+ * Sidebar view of a session: the viewed one's live state is fresher than the feed.
+ * @param {SessionRow} s
+ */
 function rowInfo(s) {
   const live = s.session_id === current ? client.getState(s.session_id) : null;
   return {
@@ -304,8 +399,10 @@ function rowInfo(s) {
   };
 }
 
-const rowCache = new Map(); // session id -> row element, reused so focus survives renders
+/** @type {Map<string, HTMLElement>} session id -> row element, reused so focus survives renders */
+const rowCache = new Map();
 
+/** @param {string} sid */
 function makeRow(sid) {
   const row = h('div', 'session-row');
   row.dataset.sessionId = sid;
@@ -340,7 +437,7 @@ function renderSessionList() {
     row.classList.toggle('running', running);
     row.classList.toggle('unread', unread);
     row.classList.toggle('active', active);
-    const main = row.firstElementChild;
+    const main = /** @type {HTMLButtonElement} */ (row.firstElementChild);
     if (active) main.setAttribute('aria-current', 'page'); else main.removeAttribute('aria-current');
     const title = info.title || 'New session';
     const label = row.querySelector('.session-title');
@@ -352,7 +449,7 @@ function renderSessionList() {
     const timeEl = row.querySelector('.session-time');
     if (timeEl.textContent !== time) timeEl.textContent = time;
     main.title = `${title}${running ? ' (running)' : unread ? ' (unread)' : ''}\n${sid}`;
-    const stop = row.querySelector('.row-cancel');
+    const stop = /** @type {HTMLButtonElement} */ (row.querySelector('.row-cancel'));
     stop.hidden = !running;
     stop.disabled = Boolean(info.runId && cancelling.has(info.runId));
     // Only move rows that are out of place: moving a node drops its focus.
@@ -377,13 +474,19 @@ function scheduleSidebar() {
 
 // ---- transcript ----------------------------------------------------------------------
 
-const openReasoning = new Set(); // `${sid}\n${run_id}` the user opened
-const closedReasoning = new Set(); // ... or closed while it was streaming
-const openTools = new Set(); // tool_call_id expanded by the user
-let shownSession = null; // session the transcript DOM belongs to
+/** @type {Set<string>} `${sid}\n${run_id}` the user opened */
+const openReasoning = new Set();
+/** @type {Set<string>} ... or closed while it was streaming */
+const closedReasoning = new Set();
+/** @type {Set<string>} tool_call_id expanded by the user */
+const openTools = new Set();
+/** @type {string|null} session the transcript DOM belongs to */
+let shownSession = null;
+/** @type {HTMLElement|null} */
 let column = null;
-/** @type {Map<string, object>} run id -> its DOM parts and the run object last drawn */
+/** @type {Map<string, RunView>} run id -> its DOM parts and the run object last drawn */
 const runViews = new Map();
+/** @type {HTMLElement|null} */
 let emptyNode = null;
 let stick = true; // keep the transcript pinned to the bottom
 
@@ -397,6 +500,7 @@ function resetTranscript() {
   els.jump.hidden = true;
 }
 
+/** @param {ToolState} tool */
 function renderTool(tool) {
   const card = h('div', 'tool-card');
   card.dataset.toolCallId = tool.tool_call_id ?? '';
@@ -431,6 +535,10 @@ function renderTool(tool) {
   return card;
 }
 
+/**
+ * @param {ApprovalState} approval
+ * @param {SessionState} state
+ */
 function renderApproval(approval, state) {
   const id = approval.approval_id;
   const pending = approval.decision == null
@@ -451,7 +559,7 @@ function renderApproval(approval, state) {
   } else if (pending) {
     const actions = h('div', 'approval-actions');
     const busy = inflightApprovals.has(id);
-    for (const [decision, label] of [['approve', 'Approve'], ['deny', 'Deny']]) {
+    for (const [decision, label] of /** @type {const} */ ([['approve', 'Approve'], ['deny', 'Deny']])) {
       const btn = button(decision, label);
       btn.disabled = busy;
       btn.addEventListener('click', () => answer(state.session_id, id, decision));
@@ -464,6 +572,10 @@ function renderApproval(approval, state) {
   return card;
 }
 
+/**
+ * @param {RunState} run
+ * @returns {RunView}
+ */
 function createRunView(run) {
   const article = h('article', 'run');
   article.dataset.runId = run.run_id;
@@ -483,9 +595,17 @@ function createRunView(run) {
   body.append(parts.reasoning, parts.tools, parts.approvals, parts.answer, parts.footer);
   reply.append(avatar, body);
   article.append(user, reply);
-  return { el: article, user, parts, run: null, pending: null, text: null, details: null, footerKey: null };
+  return {
+    el: article, user, parts, run: null, pending: null, text: null, answerView: newAnswerView(),
+    details: null, footerKey: null,
+  };
 }
 
+/**
+ * @param {RunView} view
+ * @param {RunState} run
+ * @param {string} sid
+ */
 function updateReasoning(view, run, sid) {
   const key = `${sid}\n${run.run_id}`;
   if (!run.reasoning) {
@@ -495,6 +615,7 @@ function updateReasoning(view, run, sid) {
   }
   const thinking = run.status === 'running' && !run.text && !run.tools.length;
   if (!view.details) {
+    /** @type {ReasoningDetails} */
     const details = h('details', 'reasoning');
     const summary = h('summary');
     summary.append(h('span', 'reasoning-label'), h('span', 'reasoning-chars'));
@@ -526,6 +647,10 @@ function updateReasoning(view, run, sid) {
   if (text.textContent !== run.reasoning) text.textContent = run.reasoning;
 }
 
+/**
+ * @param {RunView} view
+ * @param {RunState} run
+ */
 function updateFooter(view, run) {
   const waiting = run.status === 'running' && (!run.text || run.tools.some((t) => t.status === 'running'));
   view.parts.answer.classList.toggle('streaming', run.status === 'running' && !waiting);
@@ -565,6 +690,11 @@ function updateFooter(view, run) {
   }
 }
 
+/**
+ * @param {RunView} view
+ * @param {RunState} run
+ * @param {SessionState} state
+ */
 function updateRunView(view, run, state) {
   const pendingChanged = view.pending !== state.pending_approvals;
   if (view.run === run && !pendingChanged) return;
@@ -587,8 +717,12 @@ function updateRunView(view, run, state) {
   if (view.text !== run.text) {
     view.text = run.text;
     view.parts.answer.hidden = !run.text;
-    if (run.text) renderMarkdown(view.parts.answer, run.text);
-    else view.parts.answer.replaceChildren();
+    if (run.text) {
+      renderMarkdown(view.parts.answer, view.answerView, run.text);
+    } else {
+      view.parts.answer.replaceChildren();
+      view.answerView = newAnswerView();
+    }
   }
   updateFooter(view, run);
   view.run = run;
@@ -618,6 +752,7 @@ function emptyPlaceholder() {
   return box;
 }
 
+/** @param {SessionState|null} state */
 function renderTranscript(state) {
   const box = els.transcript;
   if (shownSession !== current || !column) {
@@ -671,6 +806,7 @@ function renderTranscript(state) {
   }
 }
 
+/** @param {SessionState|null} state */
 function isBusy(state) {
   if (pendingStart && (Date.now() > pendingStart.until
       || (state && state.runs.some((r) => r.run_id === pendingStart.runId)))) {
@@ -680,6 +816,7 @@ function isBusy(state) {
   return !state || state.status === 'running' || sending || Boolean(waitingForStart);
 }
 
+/** @param {SessionState|null} state */
 function renderComposer(state) {
   const busy = isBusy(state);
   els.prompt.disabled = !current;
@@ -690,6 +827,7 @@ function renderComposer(state) {
   els.composer.classList.toggle('busy', busy);
 }
 
+/** @param {SessionState|null} state */
 function renderHeader(state) {
   const title = (state && state.title) || (current ? 'New session' : '');
   if (els.title.textContent !== title) els.title.textContent = title;
@@ -709,6 +847,7 @@ function render() {
 
 // Deltas arrive far faster than the screen refreshes: render once per frame. Hidden
 // tabs get no animation frames, so a timer covers them (local work only, no requests).
+/** @param {() => void} fn */
 function queueFrame(fn) {
   let done = false;
   const run = () => { if (!done) { done = true; fn(); } };
@@ -758,6 +897,7 @@ async function send() {
   }
 }
 
+/** @param {string} sid */
 async function cancelSession(sid) {
   let runId = null;
   const state = client.getState(sid);
@@ -787,6 +927,11 @@ function cancelRun() {
   return true;
 }
 
+/**
+ * @param {string} sid
+ * @param {string} approvalId
+ * @param {'approve'|'deny'} decision
+ */
 async function answer(sid, approvalId, decision) {
   if (inflightApprovals.has(approvalId)) return;
   inflightApprovals.add(approvalId);
@@ -816,6 +961,7 @@ function autosize() {
 // ---- connection status ---------------------------------------------------------------
 
 let wasLive = false;
+/** @param {'live'|'reconnecting'|'offline'|'superseded'} status */
 function showStatus(status) {
   // #conn-status is exactly live | reconnecting | offline; 'superseded' is shown as
   // offline with a notice (the hub retries once by itself).
@@ -852,35 +998,36 @@ function showTransport() {
 
 // ---- wiring --------------------------------------------------------------------------
 
-client.on('state', (sid) => { if (sid === current) scheduleRender(); });
+client.on('state', (/** @type {string} */ sid) => { if (sid === current) scheduleRender(); });
 client.on('activity', onActivity);
 client.on('read', scheduleSidebar);
 client.on('status', showStatus);
 client.on('transport', showTransport);
 client.on('mux', showTransport);
-client.on('auth', (problem) => {
+client.on('auth', (/** @type {import('./gateway-client.js').AuthProblem|null} */ problem) => {
   if (!problem) {
     dismissToast('auth');
     return;
   }
-  const why = {
+  const why = /** @type {Record<string, string>} */ ({
     token_expired: 'Your access token has expired.',
     unauthorized: 'This gateway needs an access token.',
     invalid_token: 'The gateway does not accept this access token.',
     forbidden: 'Your access token does not allow viewing sessions.',
-  }[problem.code] || `The gateway refuses access (${problem.code}).`;
+  })[problem.code] || `The gateway refuses access (${problem.code}).`;
   toast(`${why} Open the viewer with a new link ending in #token=<jwt>; retrying meanwhile…`,
     { key: 'auth', tone: 'error', timeout: 0 });
 });
-client.on('error', ({ sessionId, message, fatal }) => {
+client.on('error', (/** @type {import('./gateway-client.js').SessionError} */ { sessionId, message, fatal }) => {
   if (sessionId !== current) return;
   toast(fatal ? `Cannot open this session: ${message}` : `Could not load this session (${message}); retrying…`,
     { key: 'load', tone: 'error' });
 });
 
 els.list.addEventListener('click', (ev) => {
-  const stop = ev.target.closest('.row-cancel');
-  const row = ev.target.closest('.session-row');
+  const target = /** @type {Element} */ (ev.target);
+  const stop = target.closest('.row-cancel');
+  const row = /** @type {HTMLElement|null} */ (target.closest('.session-row'));
   if (!row) return;
   if (stop) {
     ev.stopPropagation();
@@ -960,9 +1107,11 @@ window.addEventListener('pageshow', (ev) => {
   }
 });
 
-window.gatewayApp = { client, currentSession: () => current };
+const win = /** @type {Window & {gatewayApp?: object}} */ (window);
+win.gatewayApp = { client, currentSession: () => current };
 
-let wakeInit = null; // ends init()'s wait before it retries loading the sessions
+/** @type {(() => void)|null} ends init()'s wait before it retries loading the sessions */
+let wakeInit = null;
 
 async function init() {
   // Until the hub answers, we are connecting: say so rather than flash "offline".
@@ -977,7 +1126,7 @@ async function init() {
       break;
     } catch (err) {
       toast(`Could not load sessions, retrying: ${err.message}`, { key: 'list', tone: 'error', timeout: delay });
-      await new Promise((resolve) => {
+      await new Promise((/** @type {(value?: unknown) => void} */ resolve) => {
         wakeInit = resolve;
         setTimeout(resolve, delay);
       });

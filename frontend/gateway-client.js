@@ -1,3 +1,4 @@
+// @ts-check
 // Browser client for the agent gateway HTTP/SSE API (docs/api.md, docs/client.md).
 //
 // One live connection per BROWSER, whatever the number of tabs: a hub (gateway-hub.js)
@@ -17,9 +18,36 @@ export {
 } from './gateway-fold.js';
 export { GatewayHub } from './gateway-hub.js';
 
+/**
+ * @typedef {import('./gateway-fold.js').SessionState} SessionState
+ * @typedef {import('./gateway-fold.js').Envelope} Envelope
+ * @typedef {'live'|'reconnecting'|'offline'|'superseded'} Status
+ * @typedef {'shared-worker'|'broadcast-leader'|'broadcast-follower'} Transport
+ * @typedef {{status: number, code: string, message: string}} AuthProblem
+ * @typedef {import('./gateway-http.js').GatewayResponse} GatewayResponse
+ * @typedef {{sessionId: string, message: string, fatal: boolean, status: number|null,
+ *   code: string|null}} SessionError the `error` event
+ * @typedef {{ok: boolean, status?: number, code?: string, message?: string,
+ *   [field: string]: any}} CommandResult `{ok: true, ...body}`, or `{ok: false, status,
+ *   code, message}` on 404 and 409
+ * @typedef {string|(() => string|null|Promise<string|null>)} AccessToken
+ * @typedef {'event'|'state'|'status'|'activity'|'read'|'transport'|'mux'|'error'|'auth'} ListenerName
+ * @typedef {{session_id: string, status: string, title: string|null, run_id: string|null,
+ *   last_offset: string, updated_ms: number}} SessionInfo a row of GET /v1/sessions
+ * @typedef {{t: string, [field: string]: any}} HubMessage a message of the hub protocol
+ *   (gateway-hub-relay.js)
+ * @typedef {{tab: string, lock: string|null, releaseLock: (() => void)|null,
+ *   send: (msg: HubMessage) => void, teardown: () => void, welcomed?: boolean,
+ *   helloSent?: boolean, hub?: GatewayHub|null, resign?: (() => void)|null}} Conn
+ *   this tab's link to the hub: a SharedWorker port, or a BroadcastChannel (whose
+ *   leader tab runs the hub itself, `hub`)
+ * @typedef {{getItem(key: string): string|null, setItem(key: string, value: string): void,
+ *   removeItem(key: string): void}} MuxStorage
+ */
+
 /** Error for gateway answers the caller is not expected to handle inline. */
 export class GatewayError extends Error {
-  /** @param {{status: number, code: string, message?: string}} info */
+  /** @param {{status: number, code: string|null, message?: string}} info */
   constructor({ status, code, message }) {
     super(message || `${code} (HTTP ${status})`);
     this.name = 'GatewayError';
@@ -32,7 +60,9 @@ const MUX_KEY = 'gw.mux';
 const LEADER_LOCK = 'gateway-leader';
 const enc = encodeURIComponent;
 
+/** @returns {MuxStorage} */
 function memoryStorage() {
+  /** @type {Map<string, string>} */
   const map = new Map();
   return {
     getItem: (k) => (map.has(k) ? map.get(k) : null),
@@ -41,6 +71,7 @@ function memoryStorage() {
   };
 }
 
+/** @returns {MuxStorage} */
 function defaultStorage() {
   // localStorage: the mux id belongs to the browser, not to one tab. It throws when
   // storage is disabled; then each page load gets its own mux.
@@ -54,6 +85,7 @@ function defaultStorage() {
   return memoryStorage();
 }
 
+/** @returns {string} */
 function randomId() {
   const c = globalThis.crypto;
   if (c && typeof c.randomUUID === 'function') return c.randomUUID();
@@ -74,7 +106,8 @@ function randomId() {
  * - `transport` (transport): 'shared-worker' | 'broadcast-leader' | 'broadcast-follower'
  * - `mux` (muxId): the browser's mux id changed
  * - `error` ({sessionId, message, fatal, status, code}): loading a session keeps failing
- *   (the hub retries unless `fatal`, e.g. an invalid session id, or 403 forbidden)
+ *   (the hub retries unless `fatal`, e.g. an invalid session id, or 403 forbidden; a
+ *   fatal error settles view() and watch() of that session with null)
  * - `auth` (problem | null): the gateway refuses the browser's token even after asking for
  *   a fresh one, `{status: 401, code: 'token_expired'|'invalid_token'|'unauthorized',
  *   message}` (or 403 `forbidden` for a token without `view`); null once accepted again.
@@ -89,13 +122,13 @@ export class GatewayClient {
    * @param {string|URL} [options.workerUrl] default gateway-worker.js next to this module
    * @param {typeof fetch} [options.fetch]
    * @param {typeof EventSource} [options.EventSource] used when this tab leads
-   * @param {Storage} [options.storage] where the mux id lives, default localStorage
+   * @param {MuxStorage} [options.storage] where the mux id lives, default localStorage
    * @param {number} [options.ackIntervalMs] default 1000 (hub side)
    * @param {number} [options.maxBackoffMs] default 10000 (hub side)
    * @param {number} [options.unsubscribeGraceMs] default 1500 (hub side): how long a
    *   session no tab views stays subscribed; 0 unsubscribes at once
    *   (hub options apply when this tab's hello creates the hub)
-   * @param {string|(() => string|null|Promise<string|null>)} [options.accessToken] the JWT
+   * @param {AccessToken} [options.accessToken] the JWT
    *   the gateway requires (when it runs with a token key). A function is called before
    *   this tab connects to the hub and before each request it makes, and whenever the hub
    *   asks for a fresh token (before it reconnects, when the token is about to expire,
@@ -106,43 +139,63 @@ export class GatewayClient {
     this.baseUrl = (options.baseUrl ?? '').replace(/\/+$/, '');
     this._mode = options.transport ?? 'auto';
     this._workerUrl = options.workerUrl ?? new URL('./gateway-worker.js', import.meta.url);
-    this._fetch = options.fetch ?? ((...args) => globalThis.fetch(...args));
+    /** @type {typeof fetch} */
+    this._fetch = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
     this._EventSource = options.EventSource ?? globalThis.EventSource;
     this._storage = options.storage ?? defaultStorage();
     this._ackIntervalMs = options.ackIntervalMs ?? 1000;
     this._maxBackoffMs = options.maxBackoffMs ?? 10000;
     this._graceMs = options.unsubscribeGraceMs;
+    /** @type {AccessToken|null} */
     this._accessToken = options.accessToken ?? null;
-    this._lastToken = null; // what the option last yielded (a beacon needs it synchronously)
-    this._sentToken = null; // the last token posted to the hub
+    /** @type {string|null} what the option last yielded (a beacon needs it synchronously) */
+    this._lastToken = null;
+    /** @type {string|null} the last token posted to the hub */
+    this._sentToken = null;
 
-    /** @type {'shared-worker'|'broadcast-leader'|'broadcast-follower'|null} */
+    /** @type {Transport|null} */
     this.transport = null;
-    /** @type {'live'|'reconnecting'|'offline'|'superseded'} */
+    /** @type {Status} */
     this.status = 'offline';
-    /** @type {{status: number, code: string, message: string}|null} see the `auth` event */
+    /** @type {AuthProblem|null} see the `auth` event */
     this.authError = null;
-    /** Read by tests: EventSources open in THIS tab (1 only in the broadcast leader). */
+    /**
+     * Read by tests: EventSources open in THIS tab (1 only in the broadcast leader).
+     * @type {{openEventSources: number, hub: GatewayHub|null}}
+     */
     this.debug = { openEventSources: 0, hub: null };
 
+    /** @type {Record<ListenerName, Set<Function>>} */
     this._listeners = {
       event: new Set(), state: new Set(), status: new Set(), activity: new Set(),
       read: new Set(), transport: new Set(), mux: new Set(), error: new Set(), auth: new Set(),
     };
-    this._views = new Set(); // sessions this tab views
-    this._viewing = null; // the one passed to view()
-    /** @type {Map<string, {state: object, offset: string, syncing: boolean}>} */
+    /** @type {Set<string>} sessions this tab views */
+    this._views = new Set();
+    /** @type {string|null} the one passed to view() */
+    this._viewing = null;
+    /** @type {Map<string, {state: SessionState, offset: string, syncing: boolean}>} */
     this._sessions = new Map();
-    this._waiters = new Map(); // sid -> resolve functions waiting for its first state
-    this._committed = new Map(); // this mux's committed offsets
-    this._held = new Map(); // how far the hub processed sessions it holds
-    this._localRead = new Map(); // offsets this tab had when it stopped viewing a session
-    this._baseline = new Map(); // last_offset at first sight, for sessions the mux never saw
-    this._subs = new Set(); // sessions some tab of this browser views
+    /** @type {Map<string, ((state: SessionState|null) => void)[]>} sid -> who waits for its first state */
+    this._waiters = new Map();
+    /** @type {Map<string, SessionError>} viewed sessions the hub gave up on (fatal error) */
+    this._fatal = new Map();
+    /** @type {Map<string, string>} this mux's committed offsets */
+    this._committed = new Map();
+    /** @type {Map<string, string>} how far the hub processed sessions it holds */
+    this._held = new Map();
+    /** @type {Map<string, string>} offsets this tab had when it stopped viewing a session */
+    this._localRead = new Map();
+    /** @type {Map<string, string|null>} last_offset at first sight, for sessions the mux never saw */
+    this._baseline = new Map();
+    /** @type {Set<string>} sessions some tab of this browser views */
+    this._subs = new Set();
+    /** @type {Map<string, (data: object|null) => void>} */
     this._describeWaiters = new Map();
     this._closed = false;
     this._gen = 0;
-    this._conn = null; // {tab, send, teardown}
+    /** @type {Conn|null} */
+    this._conn = null;
 
     this._onPageHide = this._onPageHide.bind(this);
     this._onPageShow = this._onPageShow.bind(this);
@@ -157,7 +210,7 @@ export class GatewayClient {
   // ---- listeners --------------------------------------------------------------
 
   /**
-   * @param {'event'|'state'|'status'|'activity'|'read'|'transport'|'mux'|'error'|'auth'} name
+   * @param {ListenerName} name
    * @param {Function} fn
    * @returns {() => void} unsubscribe
    */
@@ -168,23 +221,29 @@ export class GatewayClient {
     return () => set.delete(fn);
   }
 
-  /** @param {string} name @param {Function} fn */
+  /** @param {ListenerName} name @param {Function} fn */
   off(name, fn) {
     this._listeners[name]?.delete(fn);
   }
 
+  /**
+   * @param {ListenerName} name
+   * @param {...unknown} args
+   */
   _emit(name, ...args) {
     for (const fn of [...this._listeners[name]]) {
       try { fn(...args); } catch (err) { console.error(`gateway ${name} listener failed`, err); }
     }
   }
 
+  /** @param {Status} status */
   _setStatus(status) {
     if (!status || status === this.status) return;
     this.status = status;
     this._emit('status', status);
   }
 
+  /** @param {Transport} transport */
   _setTransport(transport) {
     if (transport === this.transport) return;
     this.transport = transport;
@@ -206,7 +265,7 @@ export class GatewayClient {
   /**
    * State of a session this tab views, or null (not viewed, or still loading).
    * @param {string} sessionId
-   * @returns {import('./gateway-fold.js').SessionState|null}
+   * @returns {SessionState|null}
    */
   getState(sessionId) {
     return this._sessions.get(sessionId)?.state ?? null;
@@ -290,7 +349,7 @@ export class GatewayClient {
   /**
    * Replace the `accessToken` option (a string or a function) and hand the new token to
    * the hub at once, e.g. when the page's login refreshed it.
-   * @param {string|(() => string|null|Promise<string|null>)|null} accessToken
+   * @param {AccessToken|null} accessToken
    * @returns {Promise<string|null>} the token now in use
    */
   setAccessToken(accessToken) {
@@ -310,7 +369,11 @@ export class GatewayClient {
     this._connectBroadcast(gen, tab);
   }
 
-  /** Hold a Web Lock named after the tab while it lives; the hub watches it. */
+  /**
+   * Hold a Web Lock named after the tab while it lives; the hub watches it.
+   * @param {Conn} conn
+   * @returns {Promise<string|null>} the lock's name (null without Web Locks)
+   */
   async _holdTabLock(conn) {
     const locks = globalThis.navigator?.locks;
     if (!locks) return null;
@@ -318,12 +381,17 @@ export class GatewayClient {
     await new Promise((acquired) => {
       locks.request(name, () => {
         acquired();
-        return new Promise((release) => { conn.releaseLock = release; });
+        return /** @type {Promise<void>} */ (new Promise((release) => { conn.releaseLock = release; }));
       }).catch(() => acquired());
     });
     return name;
   }
 
+  /**
+   * @param {number} gen
+   * @param {string} tab
+   * @returns {boolean} false when no SharedWorker could be created
+   */
   _connectWorker(gen, tab) {
     let worker;
     try {
@@ -333,6 +401,7 @@ export class GatewayClient {
       return false;
     }
     const port = worker.port;
+    /** @type {Conn} */
     const conn = {
       tab,
       welcomed: false,
@@ -368,12 +437,17 @@ export class GatewayClient {
     return true;
   }
 
+  /**
+   * @param {number} gen
+   * @param {string} tab
+   */
   _connectBroadcast(gen, tab) {
     const channel = typeof BroadcastChannel === 'function'
       ? new BroadcastChannel(`gateway-hub ${this.baseUrl}`)
       : null;
     const locks = globalThis.navigator?.locks ?? null;
     const leaderAbort = typeof AbortController === 'function' ? new AbortController() : null;
+    /** @type {Conn} */
     const conn = {
       tab,
       lock: null,
@@ -442,7 +516,7 @@ export class GatewayClient {
       this._setTransport('broadcast-leader');
       if (channel) channel.postMessage({ k: 'leader', tab });
       this._hello();
-      return new Promise((resolve) => { conn.resign = resolve; });
+      return /** @type {Promise<void>} */ (new Promise((resolve) => { conn.resign = resolve; }));
     };
 
     this._holdTabLock(conn).then((lock) => {
@@ -464,6 +538,7 @@ export class GatewayClient {
     // The token first: the hub makes its first requests as soon as a hello arrives.
     const token = await this._getToken();
     if (conn !== this._conn || this._closed) return; // replaced meanwhile: it says hello itself
+    /** @type {Record<string, {state: SessionState, offset: string}>} */
     const have = {};
     for (const sid of this._views) {
       const s = this._sessions.get(sid);
@@ -489,6 +564,7 @@ export class GatewayClient {
     conn.helloSent = true;
   }
 
+  /** @param {HubMessage} msg */
   _send(msg) {
     const conn = this._conn;
     if (conn) conn.send({ ...msg, tab: conn.tab });
@@ -507,6 +583,7 @@ export class GatewayClient {
 
   // ---- messages from the hub --------------------------------------------------
 
+  /** @param {HubMessage} msg */
   _onHubMessage(msg) {
     if (!msg || typeof msg !== 'object' || this._closed) return;
     switch (msg.t) {
@@ -553,15 +630,24 @@ export class GatewayClient {
         this._mergeRead(this._held, msg.held);
         this._emit('read');
         break;
-      case 'error':
-        this._emit('error', {
+      case 'error': {
+        /** @type {SessionError} */
+        const error = {
           sessionId: msg.sid,
           message: msg.message,
           fatal: Boolean(msg.fatal),
           status: msg.status ?? null,
           code: msg.code ?? null,
-        });
+        };
+        if (error.fatal && this._views.has(msg.sid)) {
+          // The hub gave up on this session (400 invalid_id, 403 forbidden): whoever
+          // waits in view() or watch() gets null rather than waiting forever.
+          this._fatal.set(msg.sid, error);
+          this._settle(msg.sid, null);
+        }
+        this._emit('error', error);
         break;
+      }
       case 'described': {
         const resolve = this._describeWaiters.get(msg.id);
         this._describeWaiters.delete(msg.id);
@@ -573,6 +659,7 @@ export class GatewayClient {
     }
   }
 
+  /** @param {AuthProblem|null} problem */
   _setAuthError(problem) {
     const prev = this.authError;
     if (!problem && !prev) return;
@@ -581,6 +668,10 @@ export class GatewayClient {
     this._emit('auth', problem);
   }
 
+  /**
+   * @param {Map<string, string>} map
+   * @param {unknown} offsets `{sid: offset}`
+   */
   _mergeRead(map, offsets) {
     if (!offsets || typeof offsets !== 'object') return;
     for (const [sid, offset] of Object.entries(offsets)) {
@@ -588,24 +679,37 @@ export class GatewayClient {
     }
   }
 
+  /** @param {unknown} mux */
   _storeMux(mux) {
     if (typeof mux !== 'string' || !mux || mux === this.muxId) return;
     try { this._storage.setItem(MUX_KEY, mux); } catch { /* quota or disabled */ }
     this._emit('mux', mux);
   }
 
+  /** @param {HubMessage} msg `{t: 'state', sid, state, offset}` */
   _onState({ sid, state, offset }) {
     if (!this._views.has(sid)) return;
     const st = normalizeState(sid, state);
     this._sessions.set(sid, { state: st, offset, syncing: false });
+    this._fatal.delete(sid);
     this._emit('state', sid, st);
+    this._settle(sid, st);
+  }
+
+  /**
+   * Resolve whoever waits for the session's first state (view(), watch()).
+   * @param {string} sid
+   * @param {SessionState|null} state
+   */
+  _settle(sid, state) {
     const waiters = this._waiters.get(sid);
     if (waiters) {
       this._waiters.delete(sid);
-      for (const resolve of waiters) resolve(st);
+      for (const resolve of waiters) resolve(state);
     }
   }
 
+  /** @param {HubMessage} msg `{t: 'event', sid, env}` */
   _onEvent({ sid, env }) {
     const s = this._sessions.get(sid);
     if (!s || !env) return;
@@ -633,9 +737,13 @@ export class GatewayClient {
   /**
    * Make `sessionId` the one session this tab views (null: none). Changes the browser's
    * subscriptions, never its connection. Resolves with the session's state once the hub
-   * has it (at once when another tab already views it).
+   * has it (at once when another tab already views it), or with null when the session
+   * stops being viewed first, or when the hub gives up on it: a fatal `error` event
+   * (400 invalid_id, 403 forbidden) carries the reason. It does not reject (only when the
+   * client is closed); while loading fails with other errors, the hub retries and the
+   * promise stays pending.
    * @param {string|null} sessionId
-   * @returns {Promise<object|null>}
+   * @returns {Promise<SessionState|null>}
    */
   view(sessionId) {
     if (this._closed) return Promise.reject(new Error('GatewayClient is closed'));
@@ -644,9 +752,9 @@ export class GatewayClient {
   }
 
   /**
-   * Also view `sessionId` (for UIs showing several sessions at once).
+   * Also view `sessionId` (for UIs showing several sessions at once). Settles like view().
    * @param {string} sessionId
-   * @returns {Promise<object>}
+   * @returns {Promise<SessionState|null>}
    */
   watch(sessionId) {
     if (this._closed) return Promise.reject(new Error('GatewayClient is closed'));
@@ -664,6 +772,11 @@ export class GatewayClient {
     return [...this._views];
   }
 
+  /**
+   * @param {string[]} list the sessions this tab views from now on
+   * @param {string|null} waitFor resolve with this session's state once the hub has it
+   * @returns {Promise<SessionState|null>}
+   */
   _setViews(list, waitFor) {
     const next = new Set(list.filter((s) => typeof s === 'string' && s));
     for (const sid of this._views) {
@@ -671,11 +784,8 @@ export class GatewayClient {
       const s = this._sessions.get(sid);
       if (s) this._localRead.set(sid, laterOffset(this._localRead.get(sid) ?? null, s.offset));
       this._sessions.delete(sid);
-      const waiters = this._waiters.get(sid);
-      if (waiters) {
-        this._waiters.delete(sid);
-        for (const resolve of waiters) resolve(null);
-      }
+      this._fatal.delete(sid);
+      this._settle(sid, null);
     }
     const changed = next.size !== this._views.size || [...next].some((s) => !this._views.has(s));
     this._views = next;
@@ -684,6 +794,8 @@ export class GatewayClient {
     if (!waitFor) return Promise.resolve(null);
     const have = this._sessions.get(waitFor);
     if (have) return Promise.resolve(have.state);
+    // The hub gave up on it already (fatal error) and will not send its state.
+    if (this._fatal.has(waitFor)) return Promise.resolve(null);
     return new Promise((resolve) => {
       const list2 = this._waiters.get(waitFor) || [];
       list2.push(resolve);
@@ -715,11 +827,18 @@ export class GatewayClient {
 
   // ---- HTTP -------------------------------------------------------------------
 
+  /** @param {string} path */
   _url(path) {
     return this.baseUrl + path;
   }
 
-  /** A request with the current token; on a 401, once more with a fresh one. */
+  /**
+   * A request with the current token; on a 401, once more with a fresh one.
+   * @param {string} method
+   * @param {string} path
+   * @param {unknown} [body]
+   * @returns {Promise<GatewayResponse>}
+   */
   async _request(method, path, body) {
     const token = await this._getToken();
     const r = await readResponse(await this._fetch(this._url(path), requestInit(method, body, token)));
@@ -729,6 +848,13 @@ export class GatewayClient {
     return readResponse(await this._fetch(this._url(path), requestInit(method, body, fresh)));
   }
 
+  /**
+   * The answer's data; any failure throws GatewayError.
+   * @param {string} method
+   * @param {string} path
+   * @param {unknown} [body]
+   * @returns {Promise<any>}
+   */
   async _call(method, path, body) {
     const r = await this._request(method, path, body);
     if (!r.ok) throw new GatewayError(r);
@@ -737,6 +863,12 @@ export class GatewayClient {
 
   // Commands report conflicts (409) and vanished targets (404) as values: they are
   // normal races between tabs, devices, workers and the user, not bugs.
+  /**
+   * @param {string} method
+   * @param {string} path
+   * @param {unknown} [body]
+   * @returns {Promise<CommandResult>}
+   */
   async _command(method, path, body) {
     const r = await this._request(method, path, body);
     if (r.ok) return { ok: true, ...(r.data || {}) };
@@ -761,11 +893,11 @@ export class GatewayClient {
 
   /**
    * Recently active sessions (GET /v1/sessions), most recent first.
-   * @returns {Promise<Array<{session_id: string, status: string, title: string|null,
-   *   run_id: string|null, last_offset: string, updated_ms: number}>>}
+   * @returns {Promise<SessionInfo[]>}
    */
   async listSessions() {
     const data = await this._call('GET', '/v1/sessions');
+    /** @type {SessionInfo[]} */
     const sessions = (data && data.sessions) || [];
     for (const s of sessions) {
       if (!this._baseline.has(s.session_id)) this._baseline.set(s.session_id, s.last_offset ?? null);
@@ -780,6 +912,7 @@ export class GatewayClient {
   /**
    * One session's metadata (GET /v1/sessions/{id}); null when it does not exist.
    * @param {string} sessionId
+   * @returns {Promise<any>}
    */
   async getSession(sessionId) {
     const r = await this._request('GET', `/v1/sessions/${enc(sessionId)}`);
@@ -792,7 +925,7 @@ export class GatewayClient {
    * Ask a worker to start a run.
    * @param {string} sessionId
    * @param {string} input
-   * @returns {Promise<{ok: true, run_id: string}|{ok: false, status: number, code: string, message: string}>}
+   * @returns {Promise<CommandResult>} `{ok: true, run_id}` or `{ok: false, status, code, message}`;
    *   `code` is 'run_active' while another run is running
    */
   async startRun(sessionId, input) {
@@ -805,7 +938,7 @@ export class GatewayClient {
    * Request cancellation of a run.
    * @param {string} sessionId
    * @param {string} runId
-   * @returns {Promise<{ok: true}|{ok: false, status: number, code: string, message: string}>}
+   * @returns {Promise<CommandResult>} `{ok: true}` or `{ok: false, status, code, message}`
    */
   cancel(sessionId, runId) {
     return this._command('POST', `/v1/sessions/${enc(sessionId)}/runs/${enc(runId)}/cancel`, {});
@@ -816,7 +949,7 @@ export class GatewayClient {
    * @param {string} sessionId
    * @param {string} approvalId
    * @param {'approve'|'deny'} decision
-   * @returns {Promise<{ok: true, offset: string}|{ok: false, status: number, code: string, message: string}>}
+   * @returns {Promise<CommandResult>} `{ok: true, offset}` or `{ok: false, status, code, message}`;
    *   `code` is 'approval_already_resolved' or 'approval_not_found' on failure
    */
   answerApproval(sessionId, approvalId, decision) {
@@ -837,6 +970,7 @@ export class GatewayClient {
       if (b) ({ url, body } = b);
     } else {
       const mux = this.muxId;
+      /** @type {Record<string, string>} */
       const offsets = {};
       for (const [sid, s] of this._sessions) {
         if (s.offset && offsetAfter(s.offset, this._committed.get(sid) ?? null)) offsets[sid] = s.offset;
@@ -862,6 +996,7 @@ export class GatewayClient {
     this._setStatus('offline');
   }
 
+  /** @param {PageTransitionEvent} ev */
   _onPageShow(ev) {
     if (!ev.persisted || this._closed || this._conn) return;
     // Back from the BFCache: a fresh hello makes the hub send the current state of every

@@ -1,13 +1,24 @@
+// @ts-check
 // SharedWorker entry: one per browser profile and gateway base URL (the worker's name),
 // shared by every tab of the origin. It runs the hub (gateway-hub.js), which owns the
 // browser's single EventSource. Tabs connect with gateway-client.js.
 
 import { GatewayHub } from './gateway-hub.js';
 
+/**
+ * The parts of SharedWorkerGlobalScope used here, typed so that this file checks both
+ * with the DOM lib and with the webworker lib (tests/node).
+ * @typedef {{addEventListener(type: 'connect', listener: (ev: MessageEvent) => void): void,
+ *   gatewayHub?: GatewayHub}} WorkerScope
+ */
+const scope = /** @type {WorkerScope} */ (/** @type {unknown} */ (self));
+
 /** @type {Map<string, MessagePort>} tab id -> its port */
 const ports = new Map();
+/** @type {GatewayHub|null} */
 let hub = null;
 
+/** @type {import('./gateway-hub.js').HubSend} */
 function send(tabs, msg) {
   if (tabs === '*') {
     for (const port of new Set(ports.values())) port.postMessage(msg);
@@ -16,7 +27,7 @@ function send(tabs, msg) {
   for (const tab of tabs) ports.get(tab)?.postMessage(msg);
 }
 
-self.addEventListener('connect', (ev) => {
+scope.addEventListener('connect', (ev) => {
   const port = ev.ports[0];
   port.addEventListener('message', (e) => {
     const msg = e.data;
@@ -24,6 +35,7 @@ self.addEventListener('connect', (ev) => {
     if (msg.t === 'hello' && typeof msg.tab === 'string') {
       if (!hub) {
         const o = msg.hubOptions && typeof msg.hubOptions === 'object' ? msg.hubOptions : {};
+        /** @param {unknown} v */
         const num = (v) => (typeof v === 'number' && v >= 0 ? v : undefined);
         hub = new GatewayHub({
           transport: 'shared-worker',
@@ -34,7 +46,7 @@ self.addEventListener('connect', (ev) => {
           send,
           onTabGone: (tab) => { ports.delete(tab); },
         });
-        self.gatewayHub = hub; // for chrome://inspect
+        scope.gatewayHub = hub; // for chrome://inspect
       }
       ports.set(msg.tab, port);
     }

@@ -9,6 +9,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -735,3 +736,116 @@ def test_11_stream_token_expiry_refreshes_and_resumes(auth_stack, browser) -> No
         assert not errors, errors
     finally:
         ctx.close()
+
+
+def open_client(device: Any, gw: Gateway, jwt: str) -> tuple[Any, list[str]]:
+    """A page of the gateway's origin with a GatewayClient (`window.__client`, a fixed token)
+    that records its `error` events in `window.__errors`; and the page's uncaught errors."""
+    page = device.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(gw.url + "/healthz")  # any document of the gateway's origin
+    page.evaluate(
+        """async (jwt) => {
+            const { GatewayClient } = await import('/gateway-client.js');
+            window.__errors = [];
+            window.__client = new GatewayClient({ accessToken: jwt });
+            window.__client.on('error', (e) => window.__errors.push(e));
+        }""",
+        jwt,
+    )
+    page.wait_for_function("window.__client.status === 'live'", timeout=15_000)
+    return page, errors
+
+
+def test_12_resync_refused_with_403_is_fatal_and_not_retried(auth_stack, device) -> None:
+    """A re-sync (here: the log was lost and restarted under a new epoch) whose snapshot the
+    gateway refuses with 403 is reported to the tab once as fatal and not retried in a loop;
+    a token with the right again reloads the session."""
+    from gateway.auth import mint
+
+    server, gw = auth_stack
+    admin = bearer(token())
+    publisher = bearer(mint(JWT_SECRET, "agent", actions=["publish"]))
+    sid = f"resync-{uuid.uuid4().hex[:8]}"
+    r = httpx.post(f"{gw.url}/v1/sessions", json={"session_id": sid}, headers=admin, timeout=5)
+    assert r.status_code in (200, 201), r.text
+    page, errors = open_client(device, gw, token(subject="erin"))
+    state = page.evaluate("(sid) => window.__client.view(sid)", sid)
+    assert state["session_id"] == sid, state
+    # Same user, narrower token: the hub takes it over (describeHub() is answered after the
+    # token message, on the same port), the open stream stays.
+    page.evaluate("(t) => window.__client.setAccessToken(t)", token(["other-*"], subject="erin"))
+    assert page.evaluate("window.__client.describeHub()")["token"]["sub"] == "erin"
+    # The session's log is lost (as after a Redis data loss) and starts again under a new
+    # epoch: the gateway resets the session on the stream and the hub re-syncs it.
+    store = redis.Redis(port=server.port)
+    try:
+        store.delete(f"gw:{{{sid}}}:meta", f"gw:{{{sid}}}:log")
+    finally:
+        store.close()
+    r = httpx.post(
+        f"{gw.url}/v1/sessions/{sid}/events",
+        json={"type": "session.title", "data": {"title": "after the reset"}},
+        headers=publisher,
+        timeout=5,
+    )
+    assert r.status_code == 201, r.text
+    page.wait_for_function(
+        "(sid) => window.__errors.some((e) => e.sessionId === sid)", arg=sid, timeout=20_000
+    )
+    err = page.evaluate("(sid) => window.__errors.filter((e) => e.sessionId === sid)", sid)
+    assert len(err) == 1, err
+    assert err[0]["fatal"] is True and err[0]["status"] == 403, err
+    assert err[0]["code"] == "forbidden", err
+
+    def refused() -> int:
+        log = page.evaluate("window.__client.describeHub()")["log"]
+        return sum(f"GET /v1/sessions/{sid}/snapshot 403" in line for line in log)
+
+    assert refused() == 1
+    # No retry loop: the absence of a retry can only be seen over time. The old loop
+    # retried after 0.5 s, 1 s and 2 s.
+    time.sleep(2.5)
+    assert refused() == 1
+    assert len(page.evaluate("window.__errors")) == 1
+    # A token with the right again: the hub reloads the session (new epoch, new title).
+    page.evaluate("(t) => window.__client.setAccessToken(t)", token(subject="erin"))
+    page.wait_for_function(
+        "(sid) => (window.__client.getState(sid) || {}).title === 'after the reset'",
+        arg=sid,
+        timeout=15_000,
+    )
+    assert not errors, errors
+
+
+def test_13_view_of_a_forbidden_session_settles(auth_stack, device) -> None:
+    """view() of a session the hub gives up on (a fatal error: 403 forbidden) resolves with
+    null instead of never settling, also when called again; the client keeps working."""
+    _, gw = auth_stack
+    admin = bearer(token())
+    tag = uuid.uuid4().hex[:8]
+    mine, theirs = f"mine-{tag}", f"theirs-{tag}"
+    for sid in (mine, theirs):
+        r = httpx.post(f"{gw.url}/v1/sessions", json={"session_id": sid}, headers=admin, timeout=5)
+        assert r.status_code in (200, 201), r.text
+    page, errors = open_client(device, gw, token([f"mine-{tag}"], subject="frank"))
+    out = page.evaluate(
+        """async (sid) => {
+            const c = window.__client;
+            // A time limit only to fail clearly rather than hang the test.
+            const limit = () => new Promise((r) => { setTimeout(() => r('pending'), 15000); });
+            const first = await Promise.race([c.view(sid), limit()]);
+            const again = await Promise.race([c.view(sid), limit()]);
+            const watched = await Promise.race([c.watch(sid), limit()]);
+            return { first, again, watched, errors: window.__errors };
+        }""",
+        theirs,
+    )
+    assert out["first"] is None and out["again"] is None and out["watched"] is None, out
+    assert [(e["sessionId"], e["fatal"], e["status"]) for e in out["errors"]] == [
+        (theirs, True, 403)
+    ], out
+    state = page.evaluate("(sid) => window.__client.view(sid)", mine)
+    assert state["session_id"] == mine, state
+    assert not errors, errors
