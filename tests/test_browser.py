@@ -762,7 +762,7 @@ def test_12_resync_refused_with_403_is_fatal_and_not_retried(auth_stack, device)
     """A re-sync (here: the log was lost and restarted under a new epoch) whose snapshot the
     gateway refuses with 403 is reported to the tab once as fatal and not retried in a loop;
     a token with the right again reloads the session."""
-    from gateway.auth import mint
+    from gateway.api.auth import mint
 
     server, gw = auth_stack
     admin = bearer(token())
