@@ -26,7 +26,7 @@ from gateway.core import frames
 from gateway.core.aio import cancel_and_wait
 from gateway.core.events import StoredEvent
 from gateway.metrics import Metrics
-from gateway.store.cluster import ShardedPubSub
+from gateway.store.sharded_pubsub import ShardedPubSub
 
 log = logging.getLogger(__name__)
 

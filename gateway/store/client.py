@@ -4,7 +4,7 @@ Connections per process stay a small constant however many viewers there are: co
 share a blocking pool of ``redis_max_connections`` (callers wait for a free connection
 rather than opening more), and the hub holds the single Pub/Sub connection from that pool.
 A ``redis+cluster://h1:p1,h2:p2`` URL gives a Redis Cluster client instead
-(:mod:`gateway.cluster`): ``redis_max_connections`` per node, plus one sharded Pub/Sub
+(:mod:`gateway.store.cluster`): ``redis_max_connections`` per node, plus one sharded Pub/Sub
 connection per shard that has a subscribed channel.
 """
 
