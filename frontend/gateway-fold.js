@@ -1,9 +1,30 @@
+// @ts-check
 // Pure session fold and offset helpers shared by the tab client (gateway-client.js)
 // and the hub (gateway-hub.js, run in a SharedWorker or in the leader tab).
 // No DOM, no network, no globals: importable in Node, a worker or a page.
 //
-// The fold must agree with the gateway's (gateway/snapshot.py): a snapshot at offset X
-// plus the events after X, folded here, equals the snapshot at the last of them.
+// The fold implements the fold contract written down in gateway/core/fold.py (the
+// gateway's fold, used for GET /v1/sessions/{id}/snapshot) and docs/api.md ("Fold
+// contract"): a snapshot at offset X plus the events after X, folded here, equals the
+// snapshot at the last of them. The shared fixtures in tests/fixtures/fold/ (run by
+// tests/node/fold.test.mjs and tests/test_fold.py) and a randomized differential test
+// against the Python fold (tests/test_fold.py, through tests/node/fold_cli.mjs) hold
+// the two folds to it. In short:
+//  - session.title sets a string title; other documented types are run events and need
+//    a run_id (a non-empty string); unknown types are ignored; non-object data is {}.
+//  - A run event of an unknown run creates the run ("lazily") without making the
+//    session running: only run.started does that (as the gateway's session metadata).
+//  - Only the current run's terminal makes the session idle; a terminal is final:
+//    nothing of a run is folded after its first terminal.
+//  - Tools (per run) and approvals (per run; pending ones per id) are keyed by id: a
+//    repeated start/request is ignored, the first completion/decision stands, and a
+//    completion/decision of an unknown id appends an entry with empty name/prompt.
+//  - Fields of the wrong JSON type count as absent; strings default to '', args to {},
+//    output/error/duration_ms to null, is_error is true only for JSON true.
+//
+// applyEvent never mutates its input and shares what an event does not change with it
+// (the viewer compares runs, tools, approvals and pending_approvals by identity); an
+// event that changes nothing returns the very same state object.
 
 /** Event types with a documented payload; SSE `event:` names equal these. */
 export const EVENT_TYPES = Object.freeze([
@@ -20,26 +41,34 @@ export const EVENT_TYPES = Object.freeze([
   'run.cancelled',
 ]);
 
-const TERMINAL_STATUS = {
+/**
+ * The terminal event types and the run status each leaves. Mirrors
+ * gateway.core.events.TERMINAL_STATUS (tests/test_fold.py checks they are equal).
+ * @type {Readonly<Record<string, 'completed'|'failed'|'cancelled'>>}
+ */
+export const TERMINAL_STATUS = Object.freeze({
   'run.completed': 'completed',
   'run.failed': 'failed',
   'run.cancelled': 'cancelled',
-};
+});
 
 const RUN_EVENTS = new Set(EVENT_TYPES.filter((t) => t !== 'session.title'));
 
 /**
- * @typedef {{tool_call_id: string, name: string, args: object, status: 'running'|'completed',
- *   output: string|null, is_error: boolean, duration_ms: number|null}} ToolState
+ * @typedef {{tool_call_id: string, name: string, args: Object<string, unknown>,
+ *   status: 'running'|'completed', output: string|null, is_error: boolean,
+ *   duration_ms: number|null}} ToolState
  * @typedef {{approval_id: string, prompt: string, decision: null|'approve'|'deny'}} ApprovalState
- * @typedef {{run_id: string, input: string, status: 'running'|'completed'|'failed'|'cancelled',
+ * @typedef {'running'|'completed'|'failed'|'cancelled'} RunStatus
+ * @typedef {{run_id: string, input: string, status: RunStatus,
  *   text: string, reasoning: string, error: string|null, tools: ToolState[],
  *   approvals: ApprovalState[]}} RunState
- * @typedef {{session_id: string, status: 'idle'|'running', title: string|null,
- *   current_run: string|null, runs: RunState[],
- *   pending_approvals: {approval_id: string, run_id: string, prompt: string}[]}} SessionState
- * @typedef {{offset: string, session_id: string, run_id: string|null, type: string,
- *   data: object, ts: number}} Envelope
+ * @typedef {{approval_id: string, run_id: string, prompt: string}} PendingApproval
+ * @typedef {{session_id: string, status: 'idle'|'running', title: string,
+ *   current_run: string|null, runs: RunState[], pending_approvals: PendingApproval[],
+ *   truncated?: boolean}} SessionState
+ * @typedef {{offset?: string, session_id?: string, run_id?: string|null, type: string,
+ *   data?: unknown, ts?: number}} Envelope
  */
 
 /**
@@ -51,7 +80,7 @@ export function emptyState(sessionId) {
   return {
     session_id: sessionId,
     status: 'idle',
-    title: "",
+    title: '',
     current_run: null,
     runs: [],
     pending_approvals: [],
@@ -70,10 +99,15 @@ export function parseOffset(offset) {
   return m ? { epoch: m[1].toLowerCase(), seq: Number(m[2]) } : null;
 }
 
-function newRun(runId, input) {
+/**
+ * A run seen for the first time.
+ * @param {string} runId
+ * @returns {RunState}
+ */
+function newRun(runId) {
   return {
     run_id: runId,
-    input: typeof input === 'string' ? input : '',
+    input: '',
     status: 'running',
     text: '',
     reasoning: '',
@@ -83,15 +117,27 @@ function newRun(runId, input) {
   };
 }
 
+/** @param {unknown} value @returns {string} */
 function str(value) {
-  return typeof value === 'string' ? value : value == null ? '' : String(value);
+  return typeof value === 'string' ? value : '';
+}
+
+/** @param {unknown} value @returns {string|null} */
+function optStr(value) {
+  return typeof value === 'string' ? value : null;
+}
+
+/** @param {unknown} value @returns {boolean} a JSON object (not null, not an array) */
+function isObject(value) {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 /**
- * Fold one event envelope into a session state, the same way the gateway builds
- * `GET /v1/sessions/{id}/snapshot`. Pure: the input state is never mutated; the
- * result shares untouched runs with it. Returns the very same object when the
- * event does not apply (unknown type, or a run event without run_id).
+ * Fold one event envelope into a session state by the fold contract (see the top of
+ * this file), the same way the gateway builds `GET /v1/sessions/{id}/snapshot`. Pure:
+ * the input state is never mutated; the result shares untouched runs, tools and
+ * approvals with it. Returns the very same object when the event changes nothing
+ * (unknown type, a run event without run_id, a duplicate, anything of an ended run).
  * @param {SessionState} state
  * @param {Envelope} envelope
  * @returns {SessionState}
@@ -99,35 +145,54 @@ function str(value) {
 export function applyEvent(state, envelope) {
   if (!envelope || typeof envelope.type !== 'string') return state;
   const { type } = envelope;
-  const data = envelope.data && typeof envelope.data === 'object' ? envelope.data : {};
+  /** @type {Object<string, any>} */
+  const data = isObject(envelope.data) ? /** @type {Object<string, any>} */ (envelope.data) : {};
 
   if (type === 'session.title') {
-    return { ...state, title: typeof data.title === 'string' ? data.title : null };
+    if (typeof data.title !== 'string' || data.title === state.title) return state;
+    return { ...state, title: data.title };
   }
-  if (!RUN_EVENTS.has(type) || envelope.run_id == null) return state;
-
   const runId = envelope.run_id;
-  const next = { ...state, runs: state.runs.slice() };
-  let idx = -1;
-  for (let i = next.runs.length - 1; i >= 0; i--) {
-    if (next.runs[i].run_id === runId) { idx = i; break; }
-  }
-  if (idx === -1) {
-    // Lazily created: the run.started may have been trimmed away or never seen.
-    next.runs.push(newRun(runId, type === 'run.started' ? data.input : ''));
-    idx = next.runs.length - 1;
-    if (!(type in TERMINAL_STATUS)) {
-      next.status = 'running';
-      next.current_run = runId;
+  if (!RUN_EVENTS.has(type) || typeof runId !== 'string' || runId === '') return state;
+
+  /** @type {string} */
+  let key = '';
+  if (type === 'tool.started' || type === 'tool.completed') {
+    if (typeof data.tool_call_id !== 'string') return state;
+    key = data.tool_call_id;
+  } else if (type === 'approval.requested' || type === 'approval.resolved') {
+    if (typeof data.approval_id !== 'string') return state;
+    key = data.approval_id;
+    if (type === 'approval.resolved' && data.decision !== 'approve' && data.decision !== 'deny') {
+      return state;
     }
   }
-  const run = { ...next.runs[idx] };
-  next.runs[idx] = run;
+
+  let idx = -1;
+  for (let i = state.runs.length - 1; i >= 0; i--) {
+    if (state.runs[i].run_id === runId) { idx = i; break; }
+  }
+  if (idx !== -1) {
+    const known = state.runs[idx];
+    if (known.status !== 'running') return state; // a terminal is final
+    // Events that would change nothing: the same object back.
+    if ((type === 'message.delta' || type === 'reasoning.delta') && str(data.text) === '') return state;
+    if (type === 'run.started' && state.status === 'running' && state.current_run === runId
+        && (typeof data.input !== 'string' || data.input === known.input)) return state;
+  }
+  // A lazily created run (its run.started trimmed away or never published) does not
+  // make the session running: only run.started does.
+  const old = idx === -1 ? newRun(runId) : state.runs[idx];
+  /** @type {RunState} */
+  const run = { ...old };
+  /** @type {SessionState} */
+  const next = { ...state, runs: state.runs.slice() };
+  if (idx === -1) next.runs.push(run);
+  else next.runs[idx] = run;
 
   switch (type) {
     case 'run.started':
       if (typeof data.input === 'string') run.input = data.input;
-      run.status = 'running';
       next.status = 'running';
       next.current_run = runId;
       break;
@@ -138,66 +203,66 @@ export function applyEvent(state, envelope) {
       run.reasoning += str(data.text);
       break;
     case 'tool.started': {
-      const tool = {
-        tool_call_id: data.tool_call_id,
+      if (run.tools.some((t) => t.tool_call_id === key)) return state; // duplicate start
+      run.tools = [...run.tools, {
+        tool_call_id: key,
         name: str(data.name),
-        args: data.args ?? {},
+        args: isObject(data.args) ? data.args : {},
         status: 'running',
         output: null,
         is_error: false,
         duration_ms: null,
-      };
-      const i = run.tools.findIndex((t) => t.tool_call_id === data.tool_call_id);
-      run.tools = i === -1
-        ? [...run.tools, tool]
-        : run.tools.map((t, j) => (j === i ? { ...t, name: tool.name, args: tool.args } : t));
+      }];
       break;
     }
     case 'tool.completed': {
-      const done = {
+      const i = run.tools.findIndex((t) => t.tool_call_id === key);
+      if (i !== -1 && run.tools[i].status !== 'running') return state; // first completion stands
+      /** @type {ToolState} */
+      const tool = {
+        ...(i === -1 ? { tool_call_id: key, name: '', args: {} } : run.tools[i]),
         status: 'completed',
-        output: data.output ?? null,
-        is_error: Boolean(data.is_error),
+        output: optStr(data.output),
+        is_error: data.is_error === true,
         duration_ms: typeof data.duration_ms === 'number' ? data.duration_ms : null,
       };
-      const i = run.tools.findIndex((t) => t.tool_call_id === data.tool_call_id);
-      run.tools = i === -1
-        ? [...run.tools, {
-          tool_call_id: data.tool_call_id, name: str(data.name), args: data.args ?? {}, ...done,
-        }]
-        : run.tools.map((t, j) => (j === i ? { ...t, ...done } : t));
+      run.tools = i === -1 ? [...run.tools, tool] : run.tools.map((t, j) => (j === i ? tool : t));
       break;
     }
     case 'approval.requested': {
-      const id = data.approval_id;
+      if (run.approvals.some((a) => a.approval_id === key)) return state; // duplicate request
       const prompt = str(data.prompt);
-      if (!run.approvals.some((a) => a.approval_id === id)) {
-        run.approvals = [...run.approvals, { approval_id: id, prompt, decision: null }];
-      }
-      if (!next.pending_approvals.some((p) => p.approval_id === id)) {
-        next.pending_approvals = [...next.pending_approvals, { approval_id: id, run_id: runId, prompt }];
-      }
+      run.approvals = [...run.approvals, { approval_id: key, prompt, decision: null }];
+      // One pending entry per approval id: the gateway answers approvals by id.
+      next.pending_approvals = [
+        ...next.pending_approvals.filter((p) => p.approval_id !== key),
+        { approval_id: key, run_id: runId, prompt },
+      ];
       break;
     }
     case 'approval.resolved': {
-      const id = data.approval_id;
-      const decision = data.decision ?? null;
-      run.approvals = run.approvals.some((a) => a.approval_id === id)
-        ? run.approvals.map((a) => (a.approval_id === id ? { ...a, decision } : a))
-        : [...run.approvals, { approval_id: id, prompt: '', decision }];
-      next.pending_approvals = next.pending_approvals.filter((p) => p.approval_id !== id);
+      const i = run.approvals.findIndex((a) => a.approval_id === key);
+      if (i !== -1 && run.approvals[i].decision !== null) return state; // first decision stands
+      /** @type {'approve'|'deny'} */
+      const decision = data.decision;
+      run.approvals = i === -1
+        ? [...run.approvals, { approval_id: key, prompt: '', decision }]
+        : run.approvals.map((a, j) => (j === i ? { ...a, decision } : a));
+      if (next.pending_approvals.some((p) => p.approval_id === key)) {
+        next.pending_approvals = next.pending_approvals.filter((p) => p.approval_id !== key);
+      }
       break;
     }
-    case 'run.completed':
-    case 'run.failed':
-    case 'run.cancelled':
+    default: // a terminal (RUN_EVENTS holds no other type)
       run.status = TERMINAL_STATUS[type];
-      if (type === 'run.failed') run.error = data.error ?? null;
-      next.status = 'idle';
-      next.current_run = null;
-      next.pending_approvals = next.pending_approvals.filter((p) => p.run_id !== runId);
-      break;
-    default:
+      if (type === 'run.failed') run.error = optStr(data.error);
+      if (next.current_run === runId) {
+        next.status = 'idle';
+        next.current_run = null;
+      }
+      if (next.pending_approvals.some((p) => p.run_id === runId)) {
+        next.pending_approvals = next.pending_approvals.filter((p) => p.run_id !== runId);
+      }
       break;
   }
   return next;
