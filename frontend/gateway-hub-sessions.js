@@ -25,6 +25,7 @@ import { isFatal } from './gateway-hub-sync.js';
  * @typedef {{sid: string, state: SessionState|null, offset: string|null, acked: string|null,
  *   tabs: Set<string>, subscribed: boolean, chain: Promise<void>, buffer: Envelope[],
  *   resyncing: boolean, deadEpochs: Set<string>, lastUsed: number, failures: number,
+ *   fatal: boolean,
  *   retryTimer: ReturnType<typeof setTimeout>|null, releaseAt: number, lastEventAt: number,
  *   lastProbeAt: number, expectUntil: number}} Entry
  */
@@ -93,6 +94,7 @@ export class SessionBook {
       deadEpochs: new Set(),
       lastUsed: Date.now(),
       failures: 0,
+      fatal: false, // refused for good (400/403): no reload until a new token or view
       retryTimer: null,
       releaseAt: 0,
       lastEventAt: Date.now(),
@@ -119,6 +121,7 @@ export class SessionBook {
       e.offset = seed.offset;
     }
     if (!e.tabs.has(tab)) {
+      e.fatal = false; // viewing it again is asking again
       e.tabs.add(tab);
       if (e.state && !e.resyncing) this.relay.state([tab], e);
     }
@@ -219,7 +222,10 @@ export class SessionBook {
   /** A new token came: retry the viewed sessions that failed (e.g. 403 with the old one). */
   retryFailed() {
     for (const e of this.sessions.values()) {
-      if (e.tabs.size && (!e.subscribed || !e.state) && !e.resyncing && e.failures) this.kick(e);
+      if (e.tabs.size && (!e.subscribed || !e.state) && !e.resyncing && e.failures) {
+        e.fatal = false;
+        this.kick(e);
+      }
     }
   }
 
@@ -256,6 +262,7 @@ export class SessionBook {
       e.failures += 1;
       console.warn(`gateway hub: session ${e.sid}: ${err.message}`);
       if (isFatal(err)) {
+        e.fatal = true;
         if (e.tabs.size) this.relay.error([...e.tabs], e.sid, err, true);
         return;
       }
@@ -271,7 +278,7 @@ export class SessionBook {
       const want = e.tabs.size > 0;
       // Subscribed but without a state: a re-sync gave up (fatal) or ran while nobody
       // looked. Load it again (a snapshot and a PUT from its offset).
-      if (want && (!e.subscribed || !e.state)) {
+      if (want && (!e.subscribed || !e.state) && !e.fatal) {
         const done = await this._subscribe(e);
         if (!done) continue; // the mux was renewed or the offset refused: go again
       } else if (!want && e.subscribed) {

@@ -248,6 +248,7 @@ export class StateSync {
             // reloads it: SessionBook.retryFailed, _reconcile) and tell the tabs.
             console.warn(`gateway hub: re-sync of ${e.sid} failed: ${err.message}`);
             e.failures += 1;
+            e.fatal = true;
             e.state = null;
             e.offset = null;
             e.buffer = [];

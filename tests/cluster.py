@@ -55,8 +55,14 @@ class RedisCluster:
         try:
             for port in self.ports:
                 self.start_node(port)
-            for port in self.ports:
-                self._wait(lambda p=port: self.cli(p, "PING").strip() == "PONG", 10, "node up")
+            for i, port in enumerate(self.ports):
+                if not self._up(port):
+                    # Another process took the port between the pick and the bind (parallel
+                    # test runs): start this node on a fresh pair of ports.
+                    self.procs.pop(port).kill()
+                    self.ports[i] = port = _pick_ports(1)[0]
+                    self.start_node(port)
+                    self._wait(lambda p=port: self._up(p), 30, f"node {port} up")
             subprocess.run(
                 [
                     "redis-cli",
@@ -110,6 +116,18 @@ class RedisCluster:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+    def _up(self, port: int, timeout: float = 20.0) -> bool:
+        """Whether the node on ``port`` answers PING within ``timeout`` (False if it died)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs[port].poll() is not None:
+                return False
+            with contextlib.suppress(Exception):
+                if self.cli(port, "PING").strip() == "PONG":
+                    return True
+            time.sleep(0.05)
+        return False
 
     def cli(self, port: int, *args: str) -> str:
         return subprocess.run(
