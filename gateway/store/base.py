@@ -1,7 +1,8 @@
 """Store base: what every key-family module shares: the client, the key prefix, Lua scripts
 (EVALSHA with an EVAL fallback) and the retry policies of the publish path.
 
-Lua sources live in ``gateway/store/lua/``; a script may name ``TERMINAL`` in a line
+Lua sources live in ``gateway/store/lua/``; a line ``-- @include <file>`` inlines a shared
+prelude (Redis runs each script alone), and a script may name ``TERMINAL`` in a line
 ``local TERMINAL = {}  -- @terminal``, which the loader fills from
 :data:`gateway.core.events.TERMINAL_STATUS`, the one definition of the terminal types.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
@@ -34,8 +36,16 @@ async def resolved(value: Awaitable[T] | T) -> T:
 
 
 def lua_source(name: str) -> str:
-    """The text of ``lua/<name>``, with the ``@terminal`` table filled in."""
-    source = resources.files("gateway.store").joinpath("lua", name).read_text("utf-8")
+    """The text of ``lua/<name>``, with ``-- @include <file>`` lines replaced by that file
+    and the ``@terminal`` table filled in."""
+    lua = resources.files("gateway.store").joinpath("lua")
+    source = lua.joinpath(name).read_text("utf-8")
+    source = re.sub(
+        r"^-- @include (\S+)$",
+        lambda m: lua.joinpath(m.group(1)).read_text("utf-8"),
+        source,
+        flags=re.M,
+    )
     table = ", ".join(f"['{t}'] = '{s}'" for t, s in sorted(TERMINAL_STATUS.items()))
     marker = "local TERMINAL = {}  -- @terminal"
     return source.replace(marker, f"local TERMINAL = {{{table}}}  -- @terminal")

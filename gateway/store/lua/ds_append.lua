@@ -18,33 +18,8 @@
 -- forgotten after 7 days of silence. A live frame "D\t<gen>\t<prev n>\t<n>\t<b>\t<closed>\t
 -- <kind>\n<payload>" announces every change to the readers subscribed to the channel.
 local meta, log, producers, forks = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- @include ds_common.lua
 local PRODUCER_TTL_MS = 7 * 24 * 3600 * 1000
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local function load(key)
-  local flat = redis.call('HGETALL', key)
-  local t = {}
-  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
-  return t
-end
-
-local function state(m, now)
-  if not m.gen then return 'none' end
-  if m.sd == '1' then return 'gone' end
-  local expired = (m.eam and now >= tonumber(m.eam))
-    or (m.ttl and m.la and now >= tonumber(m.la) + tonumber(m.ttl) * 1000)
-  if not expired then return 'ok' end
-  if redis.call('SCARD', forks) > 0 then
-    redis.call('HSET', meta, 'sd', '1')
-    return 'gone'
-  end
-  redis.call('DEL', meta, log, producers)
-  return 'none'
-end
 
 -- Byte-wise a <= b (Lua's own comparison follows the server's locale).
 local function bytes_le(a, b)

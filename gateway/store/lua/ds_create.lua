@@ -11,33 +11,7 @@
 -- Returns {status, n, b, closed, content type}; status: "absent" (probe), "created",
 -- "exists" (same configuration), "conflict" (another configuration), "gone" (soft-deleted).
 local meta, log, producers, forks = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local function load(key)
-  local flat = redis.call('HGETALL', key)
-  local t = {}
-  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
-  return t
-end
-
--- "none", "gone" or "ok"; an expired stream is deleted, or soft-deleted while it has forks.
-local function state(m, now)
-  if not m.gen then return 'none' end
-  if m.sd == '1' then return 'gone' end
-  local expired = (m.eam and now >= tonumber(m.eam))
-    or (m.ttl and m.la and now >= tonumber(m.la) + tonumber(m.ttl) * 1000)
-  if not expired then return 'ok' end
-  if redis.call('SCARD', forks) > 0 then
-    redis.call('HSET', meta, 'sd', '1')
-    return 'gone'
-  end
-  redis.call('DEL', meta, log, producers)
-  return 'none'
-end
+-- @include ds_common.lua
 
 local now = now_ms()
 local m = load(meta)
