@@ -6,9 +6,12 @@ in CLUSTER_MODULES, whose tests run twice: ``[single]`` and ``[cluster]``."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -132,3 +135,31 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where every tool is installed: {reason}"
     return None
+
+
+# An async test that hangs is cancelled by asyncio a minute before pytest-timeout's hard stop
+# (pyproject: timeout = 300): the TimeoutError's traceback then names the await that hung,
+# where pytest-timeout's thread dump shows only the idle event loop.
+ASYNC_TEST_TIMEOUT_S = float(os.environ.get("TEST_ASYNC_TIMEOUT_S", "240"))
+
+
+def _bounded(fn: Callable[..., Awaitable[object]]) -> Callable[..., Awaitable[object]]:
+    @functools.wraps(fn)
+    async def run(*args: object, **kwargs: object) -> object:
+        try:
+            async with asyncio.timeout(ASYNC_TEST_TIMEOUT_S):
+                return await fn(*args, **kwargs)
+        except TimeoutError as exc:
+            raise AssertionError(
+                f"test still running after {ASYNC_TEST_TIMEOUT_S:.0f} s: the traceback "
+                "below shows where it waited"
+            ) from exc
+
+    return run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fn = getattr(item, "obj", None)
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(fn):
+            item.obj = _bounded(fn)

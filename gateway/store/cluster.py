@@ -179,6 +179,9 @@ class GatewayCluster(RedisCluster):
         return await with_retry(self.retry_budget_s, lambda: run(*args, **kwargs))
 
 
+COMMAND_TIMEOUT_S = 15.0
+
+
 def cluster_from_url(
     url: str, *, max_connections: int, client_name: str, retry_budget_s: float = 10.0
 ) -> GatewayCluster:
@@ -201,6 +204,11 @@ def cluster_from_url(
         max_connections=max_connections,
         client_name=client_name,
         socket_connect_timeout=2.0,
+        # No command waits forever on a reply that never comes (a frozen node, a half-open
+        # socket): it fails with TimeoutError after this, which with_retry retries. Nothing
+        # on the command connections blocks server-side for longer (worker XREADGROUP
+        # blocks 1 s; Pub/Sub runs on its own connections with its own timeouts).
+        socket_timeout=COMMAND_TIMEOUT_S,
         socket_keepalive=True,
         **extra,
     )
