@@ -247,6 +247,7 @@ BAD_BODIES = [
     ([ev("TEXT_MESSAGE_CONTENT", messageId="m")], "invalid_agui_event"),
     ([ev("RUN_STARTED", threadId="t")], "invalid_agui_event"),
     (["RUN_STARTED"], "invalid_agui_event"),
+    ([{"type": {}}], "invalid_agui_event"),
     ([ev("TOOL_CALL_ARGS", toolCallId="c", delta="{}")], "agui_unknown_tool_call"),
     (
         [
@@ -323,32 +324,32 @@ async def test_the_publish_scope_guards_it(secured, client, sid):
 
 
 class AgentServer(Proc):
-    """tests/agui_langgraph_app.py under uvicorn on a free port."""
+    """An AG-UI agent app (``module:app``) under uvicorn on a free port, at ``/agent``."""
 
-    def __init__(self) -> None:
+    def __init__(self, app: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/agent"
         args = [
             sys.executable,
             "-m",
             "uvicorn",
-            "tests.agui_langgraph_app:app",
+            app,
             "--port",
             str(self.port),
             "--log-level",
             "warning",
         ]
-        super().__init__(args, dict(os.environ), f"langgraph-{self.port}")
+        super().__init__(args, dict(os.environ), f"agent-{self.port}")
         wait_until(
-            lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200,
+            lambda: httpx.get(self.url, timeout=1).status_code in (404, 405),
             timeout=60,
-            what=f"the LangGraph agent: {self.output()[-2000:]}",
+            what=f"the agent {app}: {self.output()[-2000:]}",
         )
 
 
 @pytest.fixture(scope="module")
 def langgraph_agent() -> Iterator[AgentServer]:
-    server = AgentServer()
+    server = AgentServer("tests.agui_langgraph_app:app")
     yield server
     server.stop()
 
@@ -453,4 +454,41 @@ async def test_an_unreachable_agent_fails_the_run_with_the_reason(redis_server, 
     finally:
         w.stop()
         g.stop()
+        await redis.aclose()
+
+
+async def test_a_pydantic_ai_agent_runs_through_the_relay(redis_server, client, sid):
+    """tests/agui_pydantic_ai_app.py: the docs' snippet (AGUIAdapter.dispatch_request) on a
+    FunctionModel that thinks, calls a tool and answers."""
+    prefix = "agui-pa"
+    server = AgentServer("tests.agui_pydantic_ai_app:app")
+    g = Gateway(redis_server.url, key_prefix=prefix)
+    w = Worker(redis_server.url, "--agui-url", server.url, key_prefix=prefix)
+    redis = connect(Settings(redis_url=redis_server.url), role="test")
+    store = Store(redis, prefix)
+    try:
+        run_id = await start_run(client, g, sid, "what are offsets?")
+        done = await until(lambda: ended(store, sid), what=f"the run's end: {w.output()}")
+        assert [e.type for e in done] == ["run.completed"], w.output()
+        stored = await log(store, sid)
+        assert {e.run_id for e in stored} == {run_id}
+        assert types(stored) == [
+            "run.started",
+            "reasoning.delta",
+            "tool.started",
+            "tool.completed",
+            "message.delta",
+            "message.delta",
+            "run.completed",
+        ]
+        data = [json.loads(e.data) for e in stored]
+        assert data[1]["text"] == "Looking it up."
+        assert (data[2]["name"], data[2]["args"]) == ("lookup", {"topic": "offsets"})
+        assert (data[3]["tool_call_id"], data[3]["output"]) == ("call-pa-1", "notes about offsets")
+        assert data[4]["text"] + data[5]["text"] == "Found: notes about offsets"
+        assert data[6] == {"outcome": {"type": "success"}}
+    finally:
+        w.stop()
+        g.stop()
+        server.stop()
         await redis.aclose()

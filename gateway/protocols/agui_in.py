@@ -132,6 +132,8 @@ def parse_event(obj: Any, where: str = "event") -> BaseEvent:
     if not isinstance(obj, dict):
         raise AguiInvalid("invalid_agui_event", f"{where}: an AG-UI event is a JSON object")
     kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise AguiInvalid("invalid_agui_event", f"{where}: type must be a string")
     try:
         if kind in LEGACY_TYPES:
             return LegacyThinkingEvent.model_validate(obj)
