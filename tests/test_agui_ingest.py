@@ -18,8 +18,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from gateway.agent.publisher import Publisher, new_run_id
 from gateway.api.auth import mint
 from gateway.core.events import StoredEvent
+from gateway.protocols.agui_in import SseParser, tool_args
 from gateway.settings import Settings
 from gateway.store import Store
 from gateway.store.client import connect
@@ -409,6 +411,38 @@ async def test_langgraph_runs_through_the_relay(gwa, log_store, relay, client, s
     assert "".join(texts).endswith("You said: hello again")
 
 
+async def test_the_relay_sends_the_clients_run_agent_input(gwa, log_store, relay, client, sid):
+    """A command carrying the client's RunAgentInput (``agui``, as POST …/agui stores it) is
+    what the agent gets, with the gateway's run id."""
+    run_id = new_run_id()
+    client_input = {
+        "threadId": sid,
+        "runId": "the-clients-own-run-id",
+        "messages": [
+            {"id": "u0", "role": "user", "content": "earlier question"},
+            {"id": "a0", "role": "assistant", "content": "earlier answer"},
+            {"id": "u1", "role": "user", "content": "from the AG-UI client"},
+        ],
+        "state": {},
+        "tools": [],
+        "context": [],
+        "forwardedProps": {},
+    }
+    command = {
+        "kind": "run",
+        "session_id": sid,
+        "run_id": run_id,
+        "input": "from the AG-UI client",
+        "agui": json.dumps(client_input),
+    }
+    await Publisher(log_store).start_run(sid, command["input"], run_id=run_id, command=command)
+    await log_store.commands.enqueue(command)
+    await until(lambda: ended(log_store, sid), what=f"the run's end: {relay.output()}")
+    assert [e.type for e in await ended(log_store, sid)] == ["run.completed"]
+    assert await _text_is(log_store, sid, "You said: from the AG-UI client")
+    assert {e.run_id for e in await log(log_store, sid)} == {run_id}
+
+
 async def _count_ends(store: Store, sid: str, n: int) -> bool:
     return len(await ended(store, sid)) >= n
 
@@ -492,3 +526,15 @@ async def test_a_pydantic_ai_agent_runs_through_the_relay(redis_server, client, 
         g.stop()
         server.stop()
         await redis.aclose()
+
+
+def test_sse_parser_and_tool_args_edge_cases():
+    p = SseParser()
+    assert p.feed(b"data: a\r") == []  # maybe the first half of \r\n
+    assert p.feed(b"\n\r\n") == ["a"]
+    assert p.feed(b"event: x\nid: 1\ndata: b\ndata: c\n\n") == ["b\nc"]
+    assert p.feed("data: \u00e9".encode()[:-1]) == []  # a character split across chunks
+    assert p.feed("data: \u00e9".encode()[-1:] + b"\n\n") == ["\u00e9"]
+    assert p.feed(b"data: tail") == [] and p.close() == ["tail"]
+    assert tool_args("") == {} and tool_args('{"a": 1}') == {"a": 1}
+    assert tool_args("[1]") == {"_value": [1]} and tool_args("{nope") == {"_raw": "{nope"}
