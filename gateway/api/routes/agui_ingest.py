@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from ag_ui.core import BaseEvent, Event
@@ -61,6 +62,7 @@ def _inline(schema: Any, defs: dict[str, Any]) -> Any:
     return schema
 
 
+@cache
 def _event_schema() -> dict[str, Any]:
     schema = TypeAdapter(Event).json_schema(by_alias=True)
     return _inline(schema, schema.get("$defs", {}))  # type: ignore[no-any-return]
