@@ -148,14 +148,24 @@ def worker(
         float | None, typer.Option(help="Answer pace (env GATEWAY_TOKENS_PER_SECOND).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    agui_url: Annotated[
+        str | None,
+        typer.Option(help="Relay runs to this AG-UI agent endpoint instead of the demo agent."),
+    ] = None,
+    agui_header: Annotated[
+        list[str] | None,
+        typer.Option(help="'Name: value' header sent to the AG-UI agent (repeatable)."),
+    ] = None,
 ) -> None:
-    """Run the demo agent worker alone against REDIS_URL.
+    """Run the demo agent worker alone against REDIS_URL, or with --agui-url the AG-UI relay:
+    each run is POSTed as a RunAgentInput to that URL and the events it streams are written
+    into the session's log (gateway.agent.agui_relay).
 
     SIGTERM drains: no new commands; runs finish within GATEWAY_WORKER_DRAIN_TIMEOUT or are
     handed back to another worker; then the process exits.
     """
     from gateway.agent.publisher import Publisher
-    from gateway.agent.worker import demo_worker
+    from gateway.agent.worker import Worker, demo_worker
     from gateway.store import Store
     from gateway.store.client import connect
 
@@ -166,12 +176,26 @@ def worker(
         settings.tokens_per_second = tokens_per_second
     if not settings.redis_url:
         raise typer.BadParameter("worker needs Redis: pass --redis-url or set REDIS_URL")
+    headers = {}
+    for h in agui_header or []:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"--agui-header {h!r} is not 'Name: value'")
+        headers[name.strip()] = value.strip()
     _logging(log_level)
 
     async def main() -> None:
+        from gateway.agent.agui_relay import AguiRelay
+
         redis = connect(settings, role="worker")
         store = Store(redis, settings.key_prefix)
-        w = demo_worker(store, Publisher.from_settings(store, settings), settings)
+        publisher = Publisher.from_settings(store, settings)
+        relay = AguiRelay(agui_url, headers=headers) if agui_url else None
+        w = (
+            Worker(store, publisher, settings, relay)
+            if relay
+            else demo_worker(store, publisher, settings)
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.begin_drain)
@@ -179,6 +203,8 @@ def worker(
         try:
             await w.run_forever()
         finally:
+            if relay is not None:
+                await relay.aclose()
             await redis.aclose()
         typer.echo(f"worker {w.name} drained")
 

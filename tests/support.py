@@ -185,11 +185,12 @@ class Gateway(Proc):
 
 
 class Worker(Proc):
-    """``gateway worker`` (the demo agent worker)."""
+    """``gateway worker`` (the demo agent worker); ``args`` are extra CLI options
+    (``--agui-url URL``: the AG-UI relay)."""
 
-    def __init__(self, redis_url: str, **settings: Any) -> None:
-        args = [sys.executable, "-m", "gateway", "worker", "--log-level", "warning"]
-        super().__init__(args, _env(redis_url, **settings), "worker")
+    def __init__(self, redis_url: str, *args: str, **settings: Any) -> None:
+        cmd = [sys.executable, "-m", "gateway", "worker", "--log-level", "warning", *args]
+        super().__init__(cmd, _env(redis_url, **settings), "worker")
 
 
 @dataclass
