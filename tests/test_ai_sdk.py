@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +24,7 @@ from gateway.api.auth import mint
 from gateway.core.events import StoredEvent
 from gateway.protocols.ai_sdk import UIMessageEncoder
 from gateway.protocols.ai_sdk_messages import MessageBuilder, session_messages
-from tests.support import ROOT, Gateway, RedisServer, Worker
+from tests.support import ROOT, Gateway, RedisServer, Worker, wait_until
 
 SECRET = "ai-sdk-secret-for-tests-" + "x" * 32
 NODE_TEST = "tests/node/ai_sdk.test.mjs"
@@ -316,6 +317,60 @@ async def test_tokens_and_scopes_guard_every_chat_endpoint(chat_gw, client):
     }
     r = await client.post(url, json=answer, headers=commander)
     assert r.status_code == 403, "answering an approval needs the approve action"
+
+
+async def test_a_draining_replica_ends_with_an_error_and_another_replica_resumes(
+    redis_server, chat_gw, worker, client
+):
+    other = Gateway(redis_server.url, jwt_secret=SECRET, drain_spread=0)
+    try:
+        cid = chat_id()
+        url = f"{other.url}/v1/chat"
+        async with client.stream(
+            "POST", url, json=body(cid, "How does a drain work?"), headers=ALL, timeout=60
+        ) as resp:
+            live = chunks(resp)
+            got = [await anext(live) for _ in range(3)]
+            other.proc.send_signal(signal.SIGTERM)
+            got += [c async for c in live]
+    finally:
+        other.stop()
+    assert "[DONE]" not in got
+    assert got[-1]["type"] == "error" and "draining" in got[-1]["errorText"]
+    resumed = await read_all(client, "GET", f"{chat_gw.url}/v1/chat/{cid}/stream")
+    check_sequence(resumed)
+    assert resumed[: len(got) - 1] == got[:-1]  # the replay starts with what was delivered
+
+
+async def test_history_of_runs_trimmed_from_the_log_comes_from_the_snapshot(redis_server, client):
+    # Its own key prefix: the module's worker does not take these runs.
+    gw = Gateway(redis_server.url, jwt_secret=SECRET, key_prefix="aitrim")
+    w = Worker(redis_server.url, key_prefix="aitrim", tokens_per_second=400, retention_after_run=5)
+    try:
+        cid = chat_id()
+        streamed = []
+        for text in ("What is an offset?", "And a replica?"):
+            seq = await read_all(client, "POST", f"{gw.url}/v1/chat", json=body(cid, text))
+            built = MessageBuilder(seq[0]["messageId"])
+            for c in seq[:-1]:
+                built.apply(c)
+            streamed.append(built.message)
+
+        def trimmed() -> bool:  # the worker compacts right after it published the terminal
+            info = httpx.get(f"{gw.url}/v1/sessions/{cid}", headers=ALL).json()
+            return bool(info["first_offset"] > info["run_first_offset"])
+
+        wait_until(trimmed, what="both runs' starts trimmed from the log")
+        msgs = (await client.get(f"{gw.url}/v1/chat/{cid}/messages", headers=ALL)).json()
+    finally:
+        w.stop()
+        gw.stop()
+    assert [m["role"] for m in msgs] == ["user", "assistant"] * 2
+    assert [msgs[0]["parts"][0]["text"], msgs[2]["parts"][0]["text"]] == [
+        "What is an offset?",
+        "And a replica?",
+    ]
+    assert [msgs[1], msgs[3]] == streamed  # a run without approvals is rebuilt exactly
 
 
 # --- the encoder on its own ----------------------------------------------------------------------

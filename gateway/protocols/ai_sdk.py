@@ -20,9 +20,10 @@ our event                  UI message stream chunks
                            approval id, input {prompt}) unless a tool is open, then
                            ``tool-approval-request`` {approvalId, toolCallId, reason: prompt},
                            ``finish-step``
-``approval.resolved``      ``tool-approval-response`` {approvalId, approved}; the ``approval``
-                           tool then gets ``tool-output-available`` {decision} or
-                           ``tool-output-denied`` (a denied real tool: ``tool-output-denied``)
+``approval.resolved``      ``start-step``, ``tool-approval-response`` {approvalId, approved};
+                           the ``approval`` tool then gets ``tool-output-available``
+                           {decision} or ``tool-output-denied`` (a denied real tool:
+                           ``tool-output-denied``)
 ``session.title``          ``data-session-title`` {title}, transient
 ``run.completed``          ``finish-step``, ``finish`` {finishReason: stop}
 ``run.failed``             ``error`` {errorText}, ``finish-step``, ``finish`` {error}

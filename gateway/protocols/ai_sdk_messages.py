@@ -125,8 +125,9 @@ def snapshot_messages(run: dict[str, Any]) -> list[Message]:
     run_id = str(run.get("run_id"))
     parts: list[dict[str, Any]] = [{"type": "step-start"}]
     if run.get("reasoning"):
+        # The id the encoder gives a run's first part (reasoning comes first in most runs).
         parts.append(
-            {"type": "reasoning", "id": "reasoning", "text": run["reasoning"], "state": "done"}
+            {"type": "reasoning", "id": "reasoning-1", "text": run["reasoning"], "state": "done"}
         )
     for tool in run.get("tools", []):
         part: dict[str, Any] = {

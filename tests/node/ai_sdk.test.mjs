@@ -31,8 +31,8 @@ function transport() {
     api,
     headers,
     // The gateway's resume URL is the SDK's default, {api}/{chatId}/stream; said explicitly here
-    // as in the documented snippet.
-    prepareReconnectToStreamRequest: ({ id }) => ({ api: `${api}/${id}/stream`, headers }),
+    // as in the documented snippet (headers are the transport's: only the URL is set).
+    prepareReconnectToStreamRequest: ({ id }) => ({ api: `${api}/${id}/stream` }),
   });
 }
 

@@ -155,6 +155,7 @@ async def _answer(call: Call, sid: str, answers: dict[str, bool]) -> tuple[str, 
 @post(
     "/v1/chat",
     status_code=200,
+    tags=["sse"],
     media_type="text/event-stream",
     opt={"action": "command", "scoped": False, "codes": ChatRequest.CODES},
 )
@@ -185,6 +186,7 @@ async def chat(call: CallDep, data: JSONBody[ChatRequest]) -> Stream:
 
 @get(
     "/v1/chat/{session_id:str}/stream",
+    tags=["sse"],
     media_type="text/event-stream",
     opt={"action": "view"},
     responses={204: ResponseSpec(None, description="No run is active: nothing to resume.")},
