@@ -240,6 +240,36 @@ async def test_approval_pauses_the_stream_and_the_answer_continues_it(chat_gw, w
     )
 
 
+async def test_an_answer_after_the_run_ended_gets_its_end_not_another_pause(
+    redis_server, worker, client
+):
+    # One event per catch-up read: the stream reaches the approval before it reads the end.
+    gw = Gateway(redis_server.url, jwt_secret=SECRET, catchup_page=1)
+    try:
+        cid, url = chat_id(), f"{gw.url}/v1/chat"
+        first = await read_all(client, "POST", url, json=body(cid, "Stop me at the approval"))
+        assert first[-2] == {"type": "finish", "finishReason": "tool-calls"}
+        assert (await client.post(f"{url}/{cid}/stop", headers=ALL)).status_code == 202
+        wait_until(
+            lambda: httpx.get(f"{url}/{cid}/stream", headers=ALL).status_code == 204,
+            what="the run cancelled",
+        )
+        msgs = (await client.get(f"{url}/{cid}/messages", headers=ALL)).json()
+        part = next(p for p in msgs[1]["parts"] if p["type"] == "tool-approval")
+        assert part["state"] == "output-error"  # the history shows the run's end
+        # A client still showing the request answers it.
+        request = next(c for c in first[:-1] if c["type"] == "tool-approval-request")
+        stale = {**part, "state": "approval-responded"}
+        stale["approval"] = {"id": request["approvalId"], "approved": True}
+        msgs[1]["parts"] = [stale]
+        answer = {"id": cid, "messages": msgs, "trigger": "submit-message"}
+        cont = await read_all(client, "POST", url, json=answer)
+    finally:
+        gw.stop()
+    assert [c["type"] for c in cont[:-1]] == ["start", "tool-output-error", "abort"]
+    assert cont[1]["toolCallId"] == request["toolCallId"]
+
+
 async def test_bad_requests_are_4xx_with_codes(chat_gw, client):
     url = f"{chat_gw.url}/v1/chat"
     cases = [

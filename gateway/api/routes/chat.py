@@ -90,13 +90,21 @@ async def ui_stream(rt: Runtime, stream: ChatStream) -> AsyncIterator[bytes]:
                 return
             if frame:
                 yield frame
-            if not enc.finished and enc.awaiting is not None:
-                state = await rt.store.sessions.approval_state(stream.sid, enc.awaiting)
-                if state in (None, "pending"):
-                    yield ai_sdk.sse(enc.pause()).encode()
+            if not enc.finished and enc.awaiting is not None and await _waits(rt, stream, enc):
+                yield ai_sdk.sse(enc.pause()).encode()
             if enc.finished:
                 break
     yield ai_sdk.DONE
+
+
+async def _waits(rt: Runtime, stream: ChatStream, enc: UIMessageEncoder) -> bool:
+    """Whether the run still waits for the approval the encoder reached. A run that ended
+    meanwhile leaves its approval pending: its terminal, already in the log, ends the stream
+    instead (a pause there would have the client answer, and pause, again and again)."""
+    sessions = rt.store.sessions
+    if await sessions.approval_state(stream.sid, enc.awaiting or "") not in (None, "pending"):
+        return False
+    return await sessions.run_state(stream.sid, enc.run_id) == "running"
 
 
 async def _respond(call: Call, sid: str, encoder: UIMessageEncoder, start: Start) -> Stream:
@@ -129,26 +137,36 @@ async def _start_run(rt: Runtime, sid: str, text: str) -> tuple[str, Start]:
 
 
 async def _answer(call: Call, sid: str, answers: dict[str, bool]) -> tuple[str, Start]:
-    """Resolve the approvals a request answers (those already answered elsewhere stay as
-    they are); returns their run and where its stream starts (its ``run.started``)."""
+    """Resolve the approvals a request answers, as ``POST …/approvals/{id}`` does; one
+    answered already (from another device) or whose run ended meanwhile stays as it is.
+    Returns their run and where its stream starts (its ``run.started``).
+
+    Raises:
+        GatewayError: 403 without ``approve``; 400 ``invalid_id``; 404
+            ``approval_not_found``; 409 ``run_not_active`` when they are not of the
+            session's last run.
+    """
     rt = call.rt
     call.who.require("approve", sid)
     runs = set()
-    for approval_id, approved in answers.items():
+    for approval_id in answers:
         check_id(approval_id, "approval id")
         run_id = await rt.store.sessions.approval_run(sid, approval_id)
         if run_id is None:
             raise GatewayError(404, "approval_not_found", f"no approval {approval_id!r}")
         runs.add(run_id)
-        decision = {"approval_id": approval_id, "decision": "approve" if approved else "deny"}
-        try:
-            await rt.publisher.publish_batch(sid, [EventIn("approval.resolved", decision, run_id)])
-        except PublishRejected as exc:
-            if exc.code != "approval_already_resolved":
-                raise
     meta = await rt.store.sessions.meta(sid)
     if meta is None or runs != {meta.run_id}:
         raise GatewayError(409, "run_not_active", "the answered approvals are not of the last run")
+    for approval_id, approved in answers.items():
+        decision = {"approval_id": approval_id, "decision": "approve" if approved else "deny"}
+        try:
+            await rt.publisher.publish_batch(
+                sid, [EventIn("approval.resolved", decision, meta.run_id)]
+            )
+        except PublishRejected as exc:
+            if exc.code not in ("approval_already_resolved", "run_ended"):
+                raise
     return meta.run_id, resolve(meta, "run")
 
 
