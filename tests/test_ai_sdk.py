@@ -172,14 +172,18 @@ async def test_stop_cancels_the_active_run(chat_gw, worker, client):
     ) as resp:
         live = chunks(resp)
         seq = [await anext(live) for _ in range(3)]
-        r = await client.post(f"{url}/{cid}/stop", headers=ALL)
-        assert r.status_code == 202 and r.json() == {"run_id": seq[0]["messageId"]}
+        run_id = seq[0]["messageId"]
+        r = await client.post(f"{url}/{cid}/stop?run_id=r-other", headers=ALL)
+        assert r.status_code == 409 and r.json()["code"] == "run_not_active"  # a stale stop
+        r = await client.post(f"{url}/{cid}/stop", params={"run_id": run_id}, headers=ALL)
+        assert r.status_code == 202 and r.json() == {"run_id": run_id}
         seq += [c async for c in live]
     check_sequence(seq)
     assert seq[-2] == {"type": "abort", "reason": "cancelled"}
     assert (await client.post(f"{url}/{cid}/stop", headers=ALL)).status_code == 204
-    # A new message starts a new run in the same chat.
-    again = await read_all(client, "POST", url, json=body(cid, "And offsets?"))
+    # A new message starts a new run in the same chat; ``message`` alone is enough.
+    only_last = {"id": cid, "message": body(cid, "And offsets?")["messages"][0]}
+    again = await read_all(client, "POST", url, json=only_last)
     assert again[-2]["type"] == "finish" and again[0]["messageId"] != seq[0]["messageId"]
     msgs = (await client.get(f"{url}/{cid}/messages", headers=ALL)).json()
     assert [m["role"] for m in msgs] == ["user", "assistant"] * 2

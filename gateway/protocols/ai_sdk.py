@@ -68,10 +68,13 @@ class UIMessage(Struct, omit_defaults=True):
 
 class ChatRequest(Struct):
     """``POST /v1/chat``: the body ``DefaultChatTransport.sendMessages`` sends. ``id`` is the
-    chat id, which is the session id; other fields the client adds are ignored."""
+    chat id, which is the session id. ``message`` alone (the last message, as the SDK's
+    resumable-stream guide sends it with ``prepareSendMessagesRequest``) stands for
+    ``messages: [message]``; other fields the client adds are ignored."""
 
     id: str
-    messages: list[UIMessage]
+    messages: list[UIMessage] = field(default_factory=list)
+    message: UIMessage | None = None
     trigger: Literal["submit-message", "regenerate-message"] = "submit-message"
     message_id: str | None = field(name="messageId", default=None)
     CODES: ClassVar[dict[str, str]] = {
@@ -79,8 +82,16 @@ class ChatRequest(Struct):
         "id": "invalid_id",
         "messages": "invalid_messages",
         "messages[]": "invalid_messages",
+        "message": "invalid_messages",
         "trigger": "invalid_trigger",
     }
+
+    @property
+    def history(self) -> list[UIMessage]:
+        """The messages sent: ``messages``, else ``[message]``."""
+        if self.messages or self.message is None:
+            return self.messages
+        return [self.message]
 
 
 def input_text(messages: Sequence[UIMessage]) -> str | None:

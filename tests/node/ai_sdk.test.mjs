@@ -132,7 +132,8 @@ test('stop cancels the run: the stream ends with abort, a new message can follow
   ]();
   const first = await live.next(); // the run is streaming
   assert.ok(!first.done);
-  const stop = await fetch(`${api}/${chatId}/stop`, { method: 'POST', headers });
+  // As the documented stop button does: this message's run only (its id is the run id).
+  const stop = await fetch(`${api}/${chatId}/stop?run_id=${first.value.id}`, { method: 'POST', headers });
   assert.equal(stop.status, 202);
   const { run_id } = await stop.json();
   const last = await lastOf(live, first.value);

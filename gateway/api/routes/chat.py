@@ -15,10 +15,11 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 from litestar import Response, get, post
 from litestar.openapi import ResponseSpec
-from litestar.params import JSONBody
+from litestar.params import JSONBody, Parameter
 from litestar.response import Stream
 from redis.exceptions import RedisError
 
@@ -187,13 +188,13 @@ async def chat(call: CallDep, data: JSONBody[ChatRequest]) -> Stream:
     sid = check_id(data.id, "chat id")
     call.who.require("command", sid)
     call.rt.refuse_if_draining()
-    answers = ai_sdk.approval_answers(data.messages)
+    answers = ai_sdk.approval_answers(data.history)
     if answers:
         run_id, start = await _answer(call, sid, answers)
         encoder = UIMessageEncoder(run_id)
         encoder.continue_after(answers)
         return await _respond(call, sid, encoder, start)
-    text = ai_sdk.input_text(data.messages)
+    text = ai_sdk.input_text(data.history)
     if not text or not text.strip():
         raise GatewayError(
             400, "invalid_input", "the last message must be a user message with text"
@@ -226,13 +227,19 @@ async def resume_chat(call: CallDep) -> Response[None] | Stream:
     opt={"action": "command"},
     responses={204: ResponseSpec(None, description="No run is active: nothing to stop.")},
 )
-async def stop_chat(call: CallDep) -> Response[RunAccepted | None]:
+async def stop_chat(
+    call: CallDep, run_id: Annotated[str | None, Parameter(query="run_id")] = None
+) -> Response[RunAccepted | None]:
     """Cancel the active run: ``202`` with its id (the run then ends with ``run.cancelled``,
-    which open streams deliver as ``abort``); ``204`` when no run is active."""
+    which open streams deliver as ``abort``); ``204`` when no run is active. ``?run_id=``
+    (the assistant message id) stops only that run: ``409 run_not_active`` when another
+    run is active, so a late stop cannot cancel the next message's run."""
     rt, sid = call.rt, call.sid
     meta = await rt.store.sessions.meta(sid)
     if meta is None or meta.status != "running" or not meta.run_id:
         return Response(None, status_code=204)
+    if run_id is not None and run_id != meta.run_id:
+        raise GatewayError(409, "run_not_active", f"run {run_id!r} is not running")
     await rt.store.sessions.request_cancel(sid, meta.run_id)
     await end_orphan(rt.publisher, sid, meta.run_id)
     return Response(RunAccepted(meta.run_id), status_code=202)
