@@ -28,6 +28,7 @@ from tests.support import ROOT, Gateway, RedisServer, Worker, wait_until
 
 SECRET = "ai-sdk-secret-for-tests-" + "x" * 32
 NODE_TEST = "tests/node/ai_sdk.test.mjs"
+PREFIX = "aisdk"  # its own keys and command stream: only this module's worker plays its runs
 
 
 def token(sessions: list[str], actions: list[str], sub: str = "alice") -> str:
@@ -39,14 +40,14 @@ ALL = {"Authorization": f"Bearer {token(['*'], ['view', 'command', 'approve'])}"
 
 @pytest.fixture(scope="module")
 def chat_gw(redis_server: RedisServer) -> Iterator[Gateway]:
-    gw = Gateway(redis_server.url, jwt_secret=SECRET, heartbeat_interval=1.0)
+    gw = Gateway(redis_server.url, jwt_secret=SECRET, heartbeat_interval=1.0, key_prefix=PREFIX)
     yield gw
     gw.stop()
 
 
 @pytest.fixture(scope="module")
 def worker(redis_server: RedisServer) -> Iterator[Worker]:
-    w = Worker(redis_server.url, tokens_per_second=25)
+    w = Worker(redis_server.url, tokens_per_second=25, key_prefix=PREFIX)
     yield w
     w.stop()
 
@@ -248,7 +249,7 @@ async def test_an_answer_after_the_run_ended_gets_its_end_not_another_pause(
     redis_server, worker, client
 ):
     # One event per catch-up read: the stream reaches the approval before it reads the end.
-    gw = Gateway(redis_server.url, jwt_secret=SECRET, catchup_page=1)
+    gw = Gateway(redis_server.url, jwt_secret=SECRET, catchup_page=1, key_prefix=PREFIX)
     try:
         cid, url = chat_id(), f"{gw.url}/v1/chat"
         first = await read_all(client, "POST", url, json=body(cid, "Stop me at the approval"))
@@ -356,7 +357,7 @@ async def test_tokens_and_scopes_guard_every_chat_endpoint(chat_gw, client):
 async def test_a_draining_replica_ends_with_an_error_and_another_replica_resumes(
     redis_server, chat_gw, worker, client
 ):
-    other = Gateway(redis_server.url, jwt_secret=SECRET, drain_spread=0)
+    other = Gateway(redis_server.url, jwt_secret=SECRET, drain_spread=0, key_prefix=PREFIX)
     try:
         cid = chat_id()
         url = f"{other.url}/v1/chat"
