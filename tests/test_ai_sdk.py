@@ -65,13 +65,23 @@ def body(cid: str, text: str) -> dict[str, Any]:
     }
 
 
-async def chunks(resp: httpx.Response) -> AsyncIterator[dict[str, Any] | str]:
-    """The stream's chunks (``"[DONE]"`` as a string); asserts the framing."""
+async def chunks(
+    resp: httpx.Response, ids: dict[int, str] | None = None
+) -> AsyncIterator[dict[str, Any] | str]:
+    """The stream's chunks (``"[DONE]"`` as a string); asserts the framing. ``ids`` gets
+    the ``id:`` (offset) of each chunk that carries one, by the chunk's index."""
+    n, pending_id = 0, None
     async for line in resp.aiter_lines():
         if not line or line.startswith(":") or line.startswith("retry:"):
             continue
+        if line.startswith("id: "):
+            pending_id = line[4:]
+            continue
         assert line.startswith("data: "), line
         data = line[6:]
+        if pending_id is not None and ids is not None:
+            ids[n] = pending_id
+        n, pending_id = n + 1, None
         yield data if data == "[DONE]" else json.loads(data)
 
 
@@ -154,6 +164,29 @@ async def test_resume_replays_from_run_start_while_active(chat_gw, worker, clien
     continuous = first + rest
     check_sequence(resumed)
     assert resumed == continuous  # a full replay, then live: the same chunks
+
+
+async def test_last_event_id_resumes_after_that_offset(chat_gw, worker, client):
+    cid = chat_id()
+    url = f"{chat_gw.url}/v1/chat"
+    ids: dict[int, str] = {}
+    async with client.stream(
+        "POST", url, json=body(cid, "How are offsets formatted?"), headers=ALL, timeout=60
+    ) as resp:
+        live = chunks(resp, ids)
+        first = [await anext(live) for _ in range(6)]
+        at = max(ids)  # the last chunk of an event received so far
+        async with client.stream(
+            "GET", f"{url}/{cid}/stream", headers={**ALL, "Last-Event-ID": ids[at]}, timeout=60
+        ) as resumed:
+            assert resumed.status_code == 200
+            rest = [c async for c in chunks(resumed)]
+        continuous = first + [c async for c in live]
+    assert rest == continuous[at + 1 :]  # exactly what follows that offset
+    offsets = [ids[i] for i in sorted(ids)]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+    bad = await client.get(f"{url}/{cid}/stream", headers={**ALL, "Last-Event-ID": "nope"})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_offset"
 
 
 async def test_idle_and_unknown_chats_answer_204(chat_gw, client):

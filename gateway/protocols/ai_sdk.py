@@ -2,7 +2,8 @@
 https://ai-sdk.dev/docs/ai-sdk-ui/stream-protocol; chunk schemas as in ``ai`` 7.x,
 ``src/ui-message-stream/ui-message-chunks.ts``), and the request bodies its
 ``DefaultChatTransport`` sends. This module owns that wire format: the chunks, their SSE
-framing (``data: <json>\\n\\n``, ending with ``data: [DONE]``) and the UI messages the chunks
+framing (``data: <json>\\n\\n``, the last chunk of each stored event with ``id: <offset>``,
+ending with ``data: [DONE]``) and the UI messages the chunks
 build (``GET /v1/chat/{id}/messages`` folds a log with the same encoder).
 
 One run is one assistant message, whose id is the run id. The mapping (docs/integrations.md):
@@ -130,11 +131,15 @@ def approval_answers(messages: Sequence[UIMessage]) -> dict[str, bool]:
 
 
 # --- framing ------------------------------------------------------------------------------------
-def sse(chunks: Iterable[Chunk]) -> str:
-    """The SSE text of ``chunks``: one ``data: <json>`` event each (JSON has no raw newline)."""
-    return "".join(
+def sse(chunks: Sequence[Chunk], id: str | None = None) -> str:
+    """The SSE text of ``chunks``: one ``data: <json>`` event each (JSON has no raw newline);
+    ``id`` (the offset of the event they come from) goes on the last one."""
+    frames = [
         f"data: {json.dumps(c, separators=(',', ':'), ensure_ascii=False)}\n\n" for c in chunks
-    )
+    ]
+    if id is not None and frames:
+        frames[-1] = f"id: {id}\n{frames[-1]}"
+    return "".join(frames)
 
 
 def error_chunk(text: str) -> Chunk:

@@ -15,9 +15,9 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Response, get, post
+from litestar import Request, Response, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, Parameter
 from litestar.response import Stream
@@ -28,10 +28,10 @@ from gateway.agent.publisher import EventIn, new_run_id
 from gateway.api.deps import Call, CallDep, check_id
 from gateway.api.runtime import Runtime
 from gateway.api.schemas import RunAccepted
-from gateway.api.sse import SSE_HEADERS
+from gateway.api.sse import SSE_HEADERS, last_event_id
 from gateway.core import frames as wire
 from gateway.core import offsets
-from gateway.core.cursors import Start, resolve
+from gateway.core.cursors import OffsetAhead, Start, resolve
 from gateway.core.errors import GatewayError
 from gateway.core.events import StoredEvent
 from gateway.live.deps import StreamDeps, drain_frame
@@ -49,8 +49,10 @@ STREAM_HEADERS = {**SSE_HEADERS, **ai_sdk.HEADERS}
 
 
 class ChatStream(EventStream):
-    """A session's :class:`EventStream` whose frames are one run's UI message stream chunks
-    (no ``id:``/``event:`` lines: the AI SDK reads ``data:`` only)."""
+    """A session's :class:`EventStream` whose frames are one run's UI message stream chunks:
+    ``data:`` lines (all the AI SDK reads), the last chunk of each event with ``id:
+    <offset>``. The encoder sees the run from its ``run.started``; chunks of events up to
+    ``skip_seq`` (a resume after ``Last-Event-ID``) are not sent again."""
 
     def __init__(
         self,
@@ -64,9 +66,13 @@ class ChatStream(EventStream):
     ) -> None:
         super().__init__(deps, session_id=session_id, start=start, slot=slot, expires=expires)
         self.encoder = encoder
+        self.skip_seq = 0
 
     def _frame(self, ev: StoredEvent) -> str:
-        return ai_sdk.sse(self.encoder.feed_event(ev))
+        chunks = self.encoder.feed_event(ev)
+        if ev.seq <= self.skip_seq:
+            return ""
+        return ai_sdk.sse(chunks, offsets.format_offset(self.epoch, ev.seq))
 
     def _reset_frame(self, reason: str) -> bytes:
         # The run's start is gone (retention, a new epoch): the message cannot be rebuilt.
@@ -108,7 +114,9 @@ async def _waits(rt: Runtime, stream: ChatStream, enc: UIMessageEncoder) -> bool
     return await sessions.run_state(stream.sid, enc.run_id) == "running"
 
 
-async def _respond(call: Call, sid: str, encoder: UIMessageEncoder, start: Start) -> Stream:
+async def _respond(
+    call: Call, sid: str, encoder: UIMessageEncoder, start: Start, skip_seq: int = 0
+) -> Stream:
     rt = call.rt
     stream = ChatStream(
         rt.deps,
@@ -118,6 +126,7 @@ async def _respond(call: Call, sid: str, encoder: UIMessageEncoder, start: Start
         slot=await rt.admit(call.who),
         expires=call.who.expires,
     )
+    stream.skip_seq = skip_seq
     return Stream(ui_stream(rt, stream), media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
@@ -210,15 +219,29 @@ async def chat(call: CallDep, data: JSONBody[ChatRequest]) -> Stream:
     opt={"action": "view"},
     responses={204: ResponseSpec(None, description="No run is active: nothing to resume.")},
 )
-async def resume_chat(call: CallDep) -> Response[None] | Stream:
-    """The active run as a UI message stream from its ``run.started`` (a full replay, then
-    live), ending at its terminal or a pending approval; ``204`` when no run is active."""
+async def resume_chat(call: CallDep, request: Request[Any, Any, Any]) -> Response[None] | Stream:
+    """The active run as a UI message stream from its ``run.started`` (a full replay, as
+    ``DefaultChatTransport`` expects, then live), ending at its terminal or a pending
+    approval; ``204`` when no run is active.
+
+    With ``Last-Event-ID`` (or ``?last_event_id=``) of this run, only what follows that
+    offset is sent (a client that keeps its partial message, e.g. a transport with
+    ``resumeStreamIsReplay: false``); an offset of another run or log replays the run.
+    ``400 invalid_offset``, ``409 offset_ahead``."""
     rt = call.rt
     rt.refuse_if_draining()
     meta = await rt.store.sessions.meta(call.sid)
+    cursor = last_event_id(request)
+    off = offsets.parse(cursor) if cursor else None
     if meta is None or meta.status != "running" or not meta.run_id:
         return Response(None, status_code=204)
-    return await _respond(call, call.sid, UIMessageEncoder(meta.run_id), resolve(meta, "run"))
+    skip = 0
+    if off is not None and off.epoch == meta.epoch:
+        if off.seq > meta.seq:
+            raise OffsetAhead(f"offset {cursor} is beyond the last event {meta.seq}")
+        skip = off.seq if off.seq >= meta.run_first_seq else 0
+    encoder = UIMessageEncoder(meta.run_id)
+    return await _respond(call, call.sid, encoder, resolve(meta, "run"), skip)
 
 
 @post(
