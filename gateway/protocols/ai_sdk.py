@@ -3,8 +3,8 @@ https://ai-sdk.dev/docs/ai-sdk-ui/stream-protocol; chunk schemas as in ``ai`` 7.
 ``src/ui-message-stream/ui-message-chunks.ts``), and the request bodies its
 ``DefaultChatTransport`` sends. This module owns that wire format: the chunks, their SSE
 framing (``data: <json>\\n\\n``, the last chunk of each stored event with ``id: <offset>``,
-ending with ``data: [DONE]``) and the UI messages the chunks
-build (``GET /v1/chat/{id}/messages`` folds a log with the same encoder).
+ending with ``data: [DONE]``); :mod:`gateway.protocols.ai_sdk_messages` applies the chunks to
+build ``UIMessage`` objects (``GET /v1/chat/{id}/messages`` folds a log with this encoder).
 
 One run is one assistant message, whose id is the run id. The mapping (docs/integrations.md):
 
