@@ -76,10 +76,13 @@ def test_openapi_describes_every_request_and_response_body(fuzz_gateway: Gateway
                 if status.startswith("2") and "application/json" in media:
                     assert media["application/json"].get("schema"), (method, path, status)
     print(f"\nOpenAPI: {len(bodies)} request bodies described: {sorted(bodies)}")
-    # The writes without a body: creating a mux, cancelling a run.
+    # The writes without a body: creating a mux, cancelling a run, stopping a chat.
     assert sorted(untyped) == [
+        "post /v1/chat/{session_id}/stop",
         "post /v1/mux",
         "post /v1/sessions/{session_id}/runs/{run_id}/cancel",
     ]
-    assert "post /v1/sessions/{session_id}/events" in bodies and len(bodies) == 9
+    assert "post /v1/sessions/{session_id}/events" in bodies and len(bodies) == 10
     assert "post /v1/sessions/{session_id}/agui/events" in bodies
+    assert "post /v1/chat" in bodies
+

@@ -1,2 +1,2 @@
-"""Agent UI protocols: mappings between the gateway's event vocabulary and AG-UI / the AI SDK UI
-message stream."""
+"""Agent UI protocols: mappings between the gateway's event vocabulary and AG-UI / the AI SDK
+UI message stream."""
