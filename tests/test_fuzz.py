@@ -85,4 +85,3 @@ def test_openapi_describes_every_request_and_response_body(fuzz_gateway: Gateway
     assert "post /v1/sessions/{session_id}/events" in bodies and len(bodies) == 10
     assert "post /v1/sessions/{session_id}/agui/events" in bodies
     assert "post /v1/chat" in bodies
-
