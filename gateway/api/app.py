@@ -24,7 +24,7 @@ from gateway.agent.publisher import Publisher
 from gateway.api.auth import Authenticator
 from gateway.api.deps import DEPENDENCIES, authorize
 from gateway.api.errors import EXCEPTION_HANDLERS, reject_cross_site
-from gateway.api.routes import connections, events, mux, ops, runs, sessions
+from gateway.api.routes import agui, connections, events, mux, ops, runs, sessions
 from gateway.api.runtime import Runtime
 from gateway.core.aio import cancel_and_wait
 from gateway.live.hub import Hub
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # /v1, by resource: the OpenAPI tags group the schema the same way.
 API_ROUTES = [
     Router("/", route_handlers=module.HANDLERS, tags=[module.__name__.rsplit(".", 1)[1]])
-    for module in (sessions, connections, events, runs, mux)
+    for module in (sessions, connections, events, runs, mux, agui)
 ]
 
 
