@@ -6,6 +6,9 @@ passthrough, auth and bad input."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -15,7 +18,7 @@ import pytest
 
 from gateway.agent.publisher import EventIn, Publisher
 from gateway.api.auth import mint
-from tests.support import Gateway, RedisServer, Worker, sse
+from tests.support import ROOT, Gateway, RedisServer, Worker, sse
 
 SECRET = "agui-secret-for-tests-" + "x" * 32
 
@@ -144,6 +147,17 @@ async def test_post_runs_a_turn_with_exact_framing_and_ids(gw: Gateway, worker, 
         stored = []
         while not stored or stored[-1].event != "run.completed":
             stored.append(await plain.next())
+    # The offset is in the event too, for subscribers: on the last event of each stored
+    # event that changes a client's state (a TOOL_CALL_ARGS rather than its TOOL_CALL_END).
+    group: list[dict[str, Any]] = []
+    for fid, data in got.frames:
+        group += [data] if data is not None else []
+        if fid is not None:
+            carriers = [e["rawEvent"]["offset"] for e in group if "rawEvent" in e]
+            changing = [e for e in group if not e["type"].endswith("_END")]
+            assert carriers == ([fid] if changing else []), group
+            assert not changing or changing[-1].get("rawEvent") == {"offset": fid}
+            group = []
     ids = [f for f, _ in got.frames if f is not None]
     assert ids == [f.id for f in stored]
     # The id is on the last frame an event produced: for a text delta, its content frame.
@@ -249,11 +263,13 @@ async def test_raw_events_pass_through_and_namespaced_types_are_custom(
         got = AguiFrames()
         await read_until(resp.aiter_text(), got, lambda f: "RUN_FINISHED" in f.types)
     assert got.events[1] == raw
-    assert got.events[2] == {
+    custom_id, custom = [f for f in got.frames if f[1] is not None][2]
+    assert custom == {
         "type": "CUSTOM",
         "name": "vendor.progress",
         "value": {"pct": 50},
-        "timestamp": got.events[2]["timestamp"],
+        "timestamp": custom["timestamp"],
+        "rawEvent": {"offset": custom_id},  # the offset, where a subscriber can read it
     }
     assert got.events[0]["input"]["messages"][0] == {
         "id": f"{run.run_id}-user",
@@ -335,3 +351,25 @@ async def test_same_tokens_and_scopes_as_the_rest(secured: Gateway, client, sid)
     assert (r.status_code, r.json()["code"]) == (403, "forbidden")
     async with client.stream("GET", url, headers=bearer(sid, "view"), timeout=30) as resp:
         assert resp.status_code == 200
+
+
+def test_ag_ui_client_node(gw: Gateway, worker: Worker) -> None:
+    """``@ag-ui/client`` (pinned in tests/node) runs tests/node/agui.test.mjs: an unmodified
+    ``HttpAgent`` runs a turn; a second instance attaches mid-run, another resumes from a
+    saved offset through the documented subclass; each ends with the same message list;
+    an approval interrupt is answered through ``resume``."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (scripts/test.sh installs it)")
+    if not (ROOT / "tests/node/node_modules/@ag-ui/client/package.json").exists():
+        pytest.fail("@ag-ui/client is not installed: run `npm ci` in tests/node")
+    out = subprocess.run(
+        [node, "--test", "--test-reporter=tap", "tests/node/agui.test.mjs"],
+        cwd=ROOT,
+        env={**os.environ, "GATEWAY_URL": gw.url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
+    assert "# pass 3" in out.stdout and "# fail 0" in out.stdout, out.stdout[-3000:]

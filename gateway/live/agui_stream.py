@@ -77,10 +77,11 @@ class AguiStream(EventStream):
     def _frame(self, ev: StoredEvent) -> str:
         if self.done:
             return ""  # events after the answered run, in the same batch
-        events = self.encoder.encode(ev)
+        off = offsets.format_offset(self.epoch, ev.seq)
+        events = self.encoder.encode(ev, off)
         if self.until_run is not None and self.encoder.closed and ev.run_id == self.until_run:
             self.done = True
-        return sse_frames(events, offsets.format_offset(self.epoch, ev.seq))
+        return sse_frames(events, off)
 
     def _reset_frame(self, reason: str) -> bytes:
         off = offsets.format_offset(self.epoch, self.last)

@@ -30,6 +30,13 @@ our event                   AG-UI events
 any other ``vendor.thing``  ``CUSTOM`` ``{name: "vendor.thing", value: data}``
 ==========================  ============================================================
 
+The last AG-UI event made from a stored event that changes a client's state (so a
+``TOOL_CALL_ARGS``, not the ``TOOL_CALL_END`` after it) carries ``rawEvent: {"offset": ...}``
+(the protocol's place for "the event this one was translated from"): AG-UI events have no
+sequence number, this gives them one. Up to that event, replaying the stored event onto a
+client that applied part of it repeats only idempotent starts; after it, nothing is left
+that changes the client's messages.
+
 An open text or reasoning message is closed (``*_END``) before any other kind of part and
 before a run ends or is interrupted. An event of a run whose AG-UI run is not open (a run
 continuing after its approval, a viewer that joined after a reset) is preceded by a
@@ -83,6 +90,7 @@ APPROVAL_RESPONSE_SCHEMA: dict[str, Any] = {
 """The answer an approval interrupt expects in ``RunAgentInput.resume[].payload``."""
 
 _RUN_LIFECYCLE = frozenset({"RUN_STARTED", "RUN_FINISHED", "RUN_ERROR"})
+_ENDS = frozenset({"TEXT_MESSAGE_END", "REASONING_MESSAGE_END", "REASONING_END", "TOOL_CALL_END"})
 
 
 def dump(event: BaseEvent) -> str:
@@ -115,8 +123,14 @@ class AguiEncoder:
         self._started: dict[str, Any] = {}  # run id → its run.started data (the echo)
 
     # --- public ---------------------------------------------------------------------------
-    def encode(self, ev: StoredEvent) -> list[str]:
-        """The AG-UI events (JSON texts) for one stored event, in order."""
+    def encode(self, ev: StoredEvent, offset: str | None = None) -> list[str]:
+        """The AG-UI events (JSON texts) for one stored event, in order.
+
+        ``offset``: the event's offset, set as ``rawEvent: {"offset": ...}`` on the last
+        AG-UI event it maps to that changes a client's state (not a ``*_END``; not on a
+        passed-through ``agui.raw`` event), so a client can note in a subscriber how far it
+        has applied the log and resume there without applying anything twice.
+        """
         self.closed = False
         try:
             data = json.loads(ev.data)
@@ -133,6 +147,10 @@ class AguiEncoder:
         elif ev.run_id or self.run:
             self._open(ev.run_id or self.run or "", out)
             out.append(CustomEvent(name=ev.type, value=data, timestamp=ev.ts))
+        if offset is not None:
+            carrier = next((o for o in reversed(out) if _kind(o) not in _ENDS), None)
+            if isinstance(carrier, BaseEvent):
+                carrier.raw_event = {"offset": offset}
         return [o if isinstance(o, str) else dump(o) for o in out]
 
     def preamble(self) -> list[str]:
@@ -354,6 +372,10 @@ class AguiEncoder:
         elif ev.run_id:
             self._open(ev.run_id, out, ev.ts)
         out.append(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+
+
+def _kind(event: BaseEvent | str) -> str:
+    return "" if isinstance(event, str) else str(event.type.value)
 
 
 def _str(data: dict[str, Any], key: str) -> str:
