@@ -15,9 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
+from ag_ui.core import RunAgentInput
 
 from gateway.agent.publisher import EventIn, Publisher
 from gateway.api.auth import mint
+from gateway.core.events import StoredEvent
+from gateway.protocols.agui_out import AguiEncoder
+from gateway.store import Store
 from tests.support import ROOT, Gateway, RedisServer, Worker, sse
 
 SECRET = "agui-secret-for-tests-" + "x" * 32
@@ -126,7 +130,9 @@ def check_pairing(events: list[dict[str, Any]]) -> None:
             in_run = False
 
 
-async def test_post_runs_a_turn_with_exact_framing_and_ids(gw: Gateway, worker, client, sid):
+async def test_post_runs_a_turn_with_exact_framing_and_ids(
+    gw: Gateway, worker, client, sid, store: Store
+):
     body = run_input("How does reconnect resume from the stored offset?")
     url = f"{gw.url}/v1/sessions/{sid}/agui"
     async with client.stream("POST", url, json=body, timeout=60) as resp:
@@ -167,6 +173,13 @@ async def test_post_runs_a_turn_with_exact_framing_and_ids(gw: Gateway, worker, 
             assert data["delta"] == stored_ev.json()["data"]["text"]
     full = "".join(f.json()["data"]["text"] for f in stored if f.event == "message.delta")
     assert list(text_of(got.events).values()) == [full]
+    # The worker command carries the whole RunAgentInput, for an AG-UI relay worker.
+    commands = await store.redis.xrevrange(store.commands._key, count=200)
+    (command,) = [c for _, c in commands if c.get("run_id") == body["runId"]]
+    assert json.loads(command["agui"]) == json.loads(
+        RunAgentInput(**body).model_dump_json(by_alias=True)
+    )
+    assert command["input"] == body["messages"][0]["content"]
 
 
 async def test_mid_run_resume_starts_with_run_started_and_continues_the_message(
@@ -373,3 +386,68 @@ def test_ag_ui_client_node(gw: Gateway, worker: Worker) -> None:
     )
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
     assert "# pass 3" in out.stdout and "# fail 0" in out.stdout, out.stdout[-3000:]
+
+
+def encode_all(
+    events: list[tuple[str, dict[str, Any]]], enc: AguiEncoder | None = None, run: str = "r1"
+) -> list[dict[str, Any]]:
+    enc = enc or AguiEncoder("s")
+    out = []
+    for seq, (typ, data) in enumerate(events, 1):
+        frames = enc.encode(StoredEvent(seq, 0, typ, run, json.dumps(data)))
+        out += [json.loads(e) for e in frames]
+    return out
+
+
+def test_encoder_ends_runs_as_the_protocol_says() -> None:
+    """Pure encoder: failures are RUN_ERROR, cancels a cancelled outcome, a cancel while an
+    approval waits opens the run again to end it (the client then drops its interrupt), a
+    passed-through RUN_* event moves the open run, and a reset ends the open run."""
+    failed = encode_all(
+        [
+            ("run.started", {"input": "x"}),
+            ("message.delta", {"text": "a"}),
+            ("run.failed", {"error": "boom"}),
+        ]
+    )
+    assert [e["type"] for e in failed][-2:] == ["TEXT_MESSAGE_END", "RUN_ERROR"]
+    assert failed[-1]["message"] == "boom"
+    cancelled = encode_all(
+        [
+            ("run.started", {"input": "x"}),
+            ("approval.requested", {"approval_id": "a1", "prompt": "ok?"}),
+            ("run.cancelled", {}),
+        ]
+    )
+    assert [e["type"] for e in cancelled] == [
+        "RUN_STARTED",
+        "RUN_FINISHED",
+        "RUN_STARTED",
+        "RUN_FINISHED",
+    ]
+    assert cancelled[1]["outcome"]["type"] == "interrupt"
+    assert cancelled[3]["outcome"] == {"type": "cancelled"}
+    enc = AguiEncoder("s")
+    raw = encode_all(
+        [
+            ("agui.raw", {"event": {"type": "RUN_STARTED", "threadId": "t", "runId": "x"}}),
+            ("agui.raw", {"event": {"type": "TEXT_MESSAGE_START", "messageId": "m"}}),
+            ("agui.raw", {"event": {"type": "RUN_FINISHED", "threadId": "t", "runId": "x"}}),
+        ],
+        enc,
+    )
+    assert [e["type"] for e in raw] == ["RUN_STARTED", "TEXT_MESSAGE_START", "RUN_FINISHED"]
+    assert encode_all([("session.title", {"title": "between runs"})], enc, run="") == []
+    enc = AguiEncoder("s")
+    encode_all([("run.started", {"input": "x"}), ("reasoning.delta", {"text": "hm"})], enc)
+    assert [json.loads(e)["type"] for e in enc.preamble()] == [
+        "RUN_STARTED",
+        "REASONING_START",
+        "REASONING_MESSAGE_START",
+    ]
+    assert [json.loads(e)["type"] for e in enc.abandon()] == [
+        "REASONING_MESSAGE_END",
+        "REASONING_END",
+        "RUN_ERROR",
+    ]
+    assert enc.preamble() == [] and enc.abandon() == []
