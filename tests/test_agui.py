@@ -317,6 +317,31 @@ async def test_connection_id_resumes_from_the_stored_offset(
     assert (r.status_code, r.json()["code"]) == (404, "connection_not_found")
 
 
+async def test_a_reset_is_a_comment_and_the_run_goes_on_with_a_run_started(
+    gw: Gateway, publisher: Publisher, client, sid
+):
+    run = await publisher.start_run(sid, "hello")
+    await run.text_delta("before ")
+    url = f"{gw.url}/v1/sessions/{sid}/agui"
+    other_epoch = {"Last-Event-ID": "0badcafe_000000000001"}
+    async with client.stream("GET", url, headers=other_epoch, timeout=30) as resp:
+        chunks = resp.aiter_text()
+        got = AguiFrames()
+        await read_until(chunks, got, lambda f: ": reset epoch_changed" in f.raw)
+        assert got.events == []  # no run was open on this stream: nothing to end
+        await run.text_delta("after")
+        await run.complete()
+        await read_until(chunks, got, lambda f: "RUN_FINISHED" in f.types)
+    assert got.types == [
+        "RUN_STARTED",
+        "TEXT_MESSAGE_START",
+        "TEXT_MESSAGE_CONTENT",
+        "TEXT_MESSAGE_END",
+        "RUN_FINISHED",
+    ]
+    assert got.events[0]["runId"] == run.run_id and got.events[2]["delta"] == "after"
+
+
 async def test_bad_input_is_4xx_with_a_code(gw: Gateway, publisher: Publisher, client, sid):
     url = f"{gw.url}/v1/sessions/{sid}/agui"
     cases = [
