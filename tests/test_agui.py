@@ -389,6 +389,12 @@ async def test_same_tokens_and_scopes_as_the_rest(secured: Gateway, client, sid)
     assert (r.status_code, r.json()["code"]) == (403, "forbidden")
     async with client.stream("GET", url, headers=bearer(sid, "view"), timeout=30) as resp:
         assert resp.status_code == 200
+    allowed = bearer(sid, "view", "command")
+    async with client.stream("POST", url, json=run_input("hi"), headers=allowed) as resp:
+        assert resp.status_code == 200
+        got = AguiFrames()
+        await read_until(resp.aiter_text(), got, lambda f: f.events)
+        assert got.types[0] == "RUN_STARTED"
 
 
 def test_ag_ui_client_node(gw: Gateway, worker: Worker) -> None:

@@ -123,12 +123,12 @@ async def start_run(call: CallDep, body: RunAgentInput) -> tuple[str, int]:
     """Start a run answering ``body``'s last user message; the worker command carries the
     whole ``RunAgentInput`` as ``agui`` (JSON) for an AG-UI relay worker. The run id is
     ``body.runId`` when it is a valid gateway id. Returns (run id, its first sequence).
+    The caller checked the ``command`` scope.
 
     Raises:
         GatewayError: 400 ``invalid_input``; 409 ``run_active`` / ``run_exists``.
     """
     rt, sid = call.rt, call.sid
-    call.who.require("command", sid)
     message_id, text = user_text(body)
     run_id = body.run_id if valid_id(body.run_id) else new_run_id()
     command = {
@@ -168,22 +168,28 @@ async def agui_run(call: CallDep, data: JSONBody[RunAgentInput]) -> Stream:
     ``409 approval_already_resolved``) and streams the run as it goes on."""
     rt, sid = call.rt, call.sid
     rt.refuse_if_draining()
-    if data.resume:
-        call.who.require("approve", sid)
-        run_id, seq = await resolve_interrupts(call, data.resume)
-    else:
-        run_id, seq = await start_run(call, data)
-    meta = await rt.meta_or_create(sid)
-    start = Start(meta.epoch, seq - 1)
-    encoder = AguiEncoder(sid)
-    preamble = await prime(rt.store.sessions, meta, start, encoder)
+    call.who.require("approve" if data.resume else "command", sid)
+    slot = await rt.admit(call.who)  # before the run starts: a 429 starts nothing
+    try:
+        if data.resume:
+            run_id, seq = await resolve_interrupts(call, data.resume)
+        else:
+            run_id, seq = await start_run(call, data)
+        meta = await rt.meta_or_create(sid)
+        start = Start(meta.epoch, seq - 1)
+        encoder = AguiEncoder(sid)
+        preamble = await prime(rt.store.sessions, meta, start, encoder)
+    except BaseException:
+        if slot is not None:  # no stream will hold it
+            await rt.store.limits.close_slot(slot.subject, slot.slot)
+        raise
     stream = AguiStream(
         rt.deps,
         session_id=sid,
         start=start,
         encoder=encoder,
         until_run=run_id,
-        slot=await rt.admit(call.who),
+        slot=slot,
         expires=call.who.expires,
     )
     return sse(stream.agui_frames(preamble))
