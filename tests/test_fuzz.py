@@ -82,6 +82,7 @@ def test_openapi_describes_every_request_and_response_body(fuzz_gateway: Gateway
         "post /v1/mux",
         "post /v1/sessions/{session_id}/runs/{run_id}/cancel",
     ]
-    assert "post /v1/sessions/{session_id}/events" in bodies and len(bodies) == 10
+    assert "post /v1/sessions/{session_id}/events" in bodies and len(bodies) == 11
+    assert "post /v1/sessions/{session_id}/agui" in bodies  # RunAgentInput (AG-UI)
     assert "post /v1/sessions/{session_id}/agui/events" in bodies
     assert "post /v1/chat" in bodies

@@ -25,6 +25,7 @@ from gateway.api.auth import Authenticator
 from gateway.api.deps import DEPENDENCIES, authorize
 from gateway.api.errors import EXCEPTION_HANDLERS, reject_cross_site
 from gateway.api.routes import (
+    agui,
     agui_ingest,
     chat,
     connections,
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 # /v1, by resource: the OpenAPI tags group the schema the same way.
 API_ROUTES = [
     Router("/", route_handlers=module.HANDLERS, tags=[module.__name__.rsplit(".", 1)[1]])
-    for module in (sessions, connections, events, runs, mux, agui_ingest, chat)
+    for module in (sessions, connections, events, runs, mux, agui, agui_ingest, chat)
 ]
 
 

@@ -79,7 +79,8 @@ def validation_error(
     extra = exc.extra if isinstance(exc.extra, list) else []
     first = extra[0] if extra and isinstance(extra[0], dict) else {}
     message = str(first.get("message") or exc.detail)
-    if first.get("source") == "body" or not first:
+    # Pydantic bodies (the AG-UI models) report no ``source``: only bodies are pydantic here.
+    if first.get("source", "body") == "body":
         if not present:
             return Response(error_body("invalid_json", "request body is empty"), status_code=400)
         if not isinstance(body, dict):

@@ -101,6 +101,11 @@ class EventStream:
         self.metrics.resets.labels(reason).inc()
         return wire.sse_event(json.dumps(body), id=off, event="reset").encode()
 
+    def _closing(self, frame: bytes, reason: str) -> bytes:
+        """The frame ending the stream for ``reason`` (a subclass speaking another protocol
+        replaces the ``event: close`` frame)."""
+        return frame
+
     async def frames(self) -> AsyncGenerator[bytes, None]:
         """Yield SSE frames until the client goes away or the connection is taken over."""
         sub = Subscriber(
@@ -163,16 +168,16 @@ class EventStream:
         while True:
             if sub.kicked:
                 if not self.mux:  # a mux session just stops; the mux reports its own close
-                    yield wire.SUPERSEDED
+                    yield self._closing(wire.SUPERSEDED, "superseded")
                 return
             if sub.draining and not self.mux:  # a mux session ends with its mux
                 # Commit first: the reconnect may reach another replica before this returns.
                 await self._auto_commit(final=True)
-                yield drain_frame(self.settings)
+                yield self._closing(drain_frame(self.settings), "draining")
                 return
             if expired(self.expires):
                 await self._auto_commit(final=True)
-                yield wire.TOKEN_EXPIRED
+                yield self._closing(wire.TOKEN_EXPIRED, "token_expired")
                 return
             if need_catchup or sub.overflowed:
                 sub.overflowed = False

@@ -49,6 +49,37 @@ def cursor_offset(meta: SessionMeta, cursor: str) -> str:
     return str(offsets.parse(cursor))
 
 
+async def attach(call: CallDep, cid: str, explicit: str | None) -> tuple[Start, Consumer]:
+    """Attach a stream to the caller's connection ``cid``: where it starts (``explicit``, a
+    client's cursor, wins over the stored offset) and the consumer it commits to. Stores
+    the start and this attach's token, and ends any other stream of the connection, on any
+    replica. Raises ``404 connection_not_found``; a bad ``explicit`` cursor 400/409."""
+    rt, sid = call.rt, call.sid
+    conn = await owned(call, cid)
+    meta = await rt.meta_or_create(sid)
+    start: Start = resolve(meta, explicit) if explicit else resolve_stored(meta, conn.offset)
+    token = secrets.token_hex(8)
+    consumers = rt.store.consumers
+    moved = await consumers.commit(
+        sid,
+        cid,
+        start.offset,
+        rt.settings.connection_ttl,
+        forward_only=not (explicit or start.reset),
+        token=token,
+        owner=call.owner,
+    )
+    if moved is None:
+        raise not_found(cid)
+    rt.metrics.attaches.inc()
+    if conn.token:
+        rt.metrics.reattaches.inc()
+    channel = rt.store.sessions.live_channel(sid)
+    await consumers.announce_attach(channel, cid, token)
+    await rt.hub.evict(channel, cid, token)
+    return start, Consumer(cid, conn.commit, token)
+
+
 @post(
     "/v1/sessions/{session_id:str}/connections",
     status_code=201,
@@ -91,36 +122,14 @@ async def connection_events(
 
     Attaching ends any other stream of the same connection, on any replica.
     """
-    rt, sid, cid = call.rt, call.sid, connection_id
+    rt = call.rt
     rt.refuse_if_draining()
-    conn = await owned(call, cid)
-    explicit = last_event_id(request)
-    meta = await rt.meta_or_create(sid)
-    start: Start = resolve(meta, explicit) if explicit else resolve_stored(meta, conn.offset)
-    token = secrets.token_hex(8)
-    consumers = rt.store.consumers
-    moved = await consumers.commit(
-        sid,
-        cid,
-        start.offset,
-        rt.settings.connection_ttl,
-        forward_only=not (explicit or start.reset),
-        token=token,
-        owner=call.owner,
-    )
-    if moved is None:
-        raise not_found(cid)
-    rt.metrics.attaches.inc()
-    if conn.token:
-        rt.metrics.reattaches.inc()
-    channel = rt.store.sessions.live_channel(sid)
-    await consumers.announce_attach(channel, cid, token)
-    await rt.hub.evict(channel, cid, token)
+    start, consumer = await attach(call, connection_id, last_event_id(request))
     stream = EventStream(
         rt.deps,
-        session_id=sid,
+        session_id=call.sid,
         start=start,
-        consumer=Consumer(cid, conn.commit, token),
+        consumer=consumer,
         slot=await rt.admit(call.who),
         expires=call.who.expires,
     )
