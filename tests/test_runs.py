@@ -143,14 +143,27 @@ async def test_run_start_is_atomic_and_a_lost_command_is_sent_again(
     separate call; a gateway that died between the two left a run no reaper would end. Now
     the start, the lease and the command are one script; if the command never reached the
     workers, a reaper sends it again and the run is played."""
-    settings = {"key_prefix": "atomic", "run_pickup_timeout": 4, "run_lease_ttl": 1.5}
+    settings = {"key_prefix": "atomic", "run_pickup_timeout": 6, "run_lease_ttl": 1.5}
     redis = connect(Settings(redis_url=redis_server.url), role="test")
     store = Store(redis, prefix="atomic")
-    pub = Publisher(store, pickup_timeout_s=4)
+    pub = Publisher(store, pickup_timeout_s=6)
     command = {"kind": "run", "session_id": sid, "run_id": "r1", "input": "offsets please"}
     gw = Gateway(redis_server.url, **settings)
     worker = Worker(redis_server.url, tokens_per_second=400, command_claim_idle=1, **settings)
     try:
+        # The pickup timeout runs from the start: on a loaded machine a worker still booting
+        # would miss it and the run would end failed, which is not what this test is about.
+        # Start once the worker waits for commands (its XREADGROUP is blocked in Redis).
+        pid = f":{worker.proc.pid}"
+
+        async def worker_waits() -> bool:
+            clients = await redis.client_list()
+            return any(c["name"].endswith(pid) and c.get("cmd") == "xreadgroup" for c in clients)
+
+        deadline = time.monotonic() + 60
+        while not await worker_waits():
+            assert time.monotonic() < deadline, "the worker never waited for commands"
+            await asyncio.sleep(0.05)
         # What a gateway that died right after the start script leaves behind: no XADD.
         await pub.start_run(sid, "offsets please", run_id="r1", command=command)
         assert await store.sessions.lease_holder(sid) == "queued"
