@@ -1,0 +1,153 @@
+"""Framework adapters played by an in-process worker against a real redis-server and a real
+gateway process, offline: pydantic-ai with ``FunctionModel``, the OpenAI Agents SDK with its
+``agents.testing.ScriptedModel``. Each test starts runs through the HTTP API (with
+``gateway.client``) and asserts the session's log as viewers read it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.agent.worker import Agent, Worker
+from gateway.client import Event, GatewayClient
+from gateway.settings import Settings
+
+TERMINAL = ("run.completed", "run.failed", "run.cancelled")
+
+
+@contextlib.asynccontextmanager
+async def playing(agent: Agent, store: Any, publisher: Any, redis_url: str) -> AsyncIterator[None]:
+    """An in-process worker playing runs with ``agent`` (drained on exit)."""
+    worker = Worker(store, publisher, Settings(redis_url=redis_url), agent)
+    task = asyncio.create_task(worker.run_forever())
+    try:
+        yield
+    finally:
+        worker.begin_drain()
+        await asyncio.wait_for(task, 30)
+
+
+async def run_log(gc: GatewayClient, sid: str, run_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The run's events (type, data), read from the start of the session to its terminal."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    async with gc.events(sid, from_="start") as stream:
+        async for ev in stream:
+            assert isinstance(ev, Event)
+            if ev.run_id == run_id:
+                out.append((ev.type, ev.data))
+                if ev.type in TERMINAL:
+                    return out
+    raise AssertionError("the stream ended")
+
+
+def squash(log: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, Any]]:
+    """Consecutive deltas of one type joined (how a viewer renders them); tool durations
+    dropped (they are timings)."""
+    out: list[tuple[str, Any]] = []
+    for type_, data in log:
+        if type_.endswith(".delta") and out and out[-1][0] == type_:
+            out[-1] = (type_, out[-1][1] + data["text"])
+        elif type_.endswith(".delta"):
+            out.append((type_, data["text"]))
+        else:
+            out.append((type_, {k: v for k, v in data.items() if k != "duration_ms"}))
+    return out
+
+
+# --- pydantic-ai ---------------------------------------------------------------------------
+
+
+def pydantic_agent(seen: list[list[Any]], hold: asyncio.Event | None = None) -> Any:
+    from pydantic_ai import Agent as PAIAgent
+    from pydantic_ai.messages import ToolReturnPart
+    from pydantic_ai.models.function import (
+        AgentInfo,
+        DeltaThinkingPart,
+        DeltaToolCall,
+        FunctionModel,
+    )
+
+    async def stream(messages: list[Any], info: AgentInfo) -> AsyncIterator[Any]:
+        seen.append(messages)
+        returned = [
+            p for m in messages for p in getattr(m, "parts", []) if isinstance(p, ToolReturnPart)
+        ]
+        if not returned:
+            yield {0: DeltaThinkingPart(content="The user wants ")}
+            yield {0: DeltaThinkingPart(content="the time; I'll ask the clock.")}
+            yield {1: DeltaToolCall(name="clock", json_args='{"zone": ', tool_call_id="call-1")}
+            yield {1: DeltaToolCall(json_args='"UTC"}')}
+            return
+        for piece in ("It is ", "12:00 ", "in ", returned[-1].content, "."):
+            yield piece
+            if hold is not None and piece == "12:00 ":
+                await hold.wait()  # a model that stalls: only a cancel ends the run
+
+    agent = PAIAgent(FunctionModel(stream_function=stream))
+
+    @agent.tool_plain
+    def clock(zone: str) -> str:
+        """The time in a zone."""
+        return zone
+
+    return agent
+
+
+async def test_pydantic_ai_text_reasoning_and_a_tool(gw, store, publisher, redis_server, sid):
+    from gateway.integrations.pydantic_ai import PydanticAIAgent
+
+    seen: list[list[Any]] = []
+    adapter = PydanticAIAgent(pydantic_agent(seen))
+    async with (
+        playing(adapter, store, publisher, redis_server.url),
+        GatewayClient(gw.url) as gc,
+    ):
+        run1 = await gc.start_run(sid, "What time is it?")
+        log = await run_log(gc, sid, run1)
+        assert squash(log) == [
+            ("run.started", {"input": "What time is it?"}),
+            ("reasoning.delta", "The user wants the time; I'll ask the clock."),
+            ("tool.started", {"tool_call_id": "call-1", "name": "clock", "args": {"zone": "UTC"}}),
+            ("tool.completed", {"tool_call_id": "call-1", "output": "UTC", "is_error": False}),
+            ("message.delta", "It is 12:00 in UTC."),
+            ("run.completed", {}),
+        ]
+        assert sum(t == "message.delta" for t, _ in log) >= 4  # streamed, not one block
+        assert sum(t == "reasoning.delta" for t, _ in log) == 2
+        # A second turn sees the first one as history.
+        run2 = await gc.start_run(sid, "And now?")
+        assert squash(await run_log(gc, sid, run2))[-2:] == [
+            ("message.delta", "It is 12:00 in UTC."),
+            ("run.completed", {}),
+        ]
+        _, state = await gc.snapshot(sid)
+    first_call_of_run2 = seen[2]
+    texts = [getattr(p, "content", None) for m in first_call_of_run2 for p in m.parts]
+    assert texts[:3] == ["What time is it?", "It is 12:00 in UTC.", "And now?"]
+    assert [r["status"] for r in state["runs"]] == ["completed", "completed"]
+
+
+async def test_pydantic_ai_cancel_stops_a_stalled_model(gw, store, publisher, redis_server, sid):
+    from gateway.integrations.pydantic_ai import pydantic_ai_worker
+
+    hold = asyncio.Event()  # never set
+    worker = pydantic_ai_worker(
+        pydantic_agent([], hold), store, publisher, Settings(redis_url=redis_server.url)
+    )
+    task = asyncio.create_task(worker.run_forever())
+    try:
+        async with GatewayClient(gw.url) as gc:
+            run_id = await gc.start_run(sid, "What time is it?")
+            async with gc.events(sid, from_="start") as stream:
+                async for ev in stream:
+                    assert isinstance(ev, Event)
+                    if ev.type == "message.delta" and ev.data["text"] == "12:00 ":
+                        await gc.cancel(sid, run_id)
+                    if ev.type in TERMINAL:
+                        break
+            assert (ev.type, ev.run_id) == ("run.cancelled", run_id)
+    finally:
+        worker.begin_drain()
+        await asyncio.wait_for(task, 30)
