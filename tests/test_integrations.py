@@ -151,3 +151,127 @@ async def test_pydantic_ai_cancel_stops_a_stalled_model(gw, store, publisher, re
     finally:
         worker.begin_drain()
         await asyncio.wait_for(task, 30)
+
+
+# --- OpenAI Agents SDK ---------------------------------------------------------------------
+
+
+def sdk_agent(*steps: Any) -> Any:
+    from agents import Agent as SDKAgent
+    from agents import function_tool, set_tracing_disabled
+    from agents.testing import ScriptedModel
+
+    set_tracing_disabled(True)  # offline: no trace export
+
+    @function_tool
+    def clock(zone: str) -> str:
+        """The time in a zone."""
+        return f"12:00 {zone}"
+
+    @function_tool
+    def broken(reason: str) -> str:
+        """A tool that fails."""
+        raise RuntimeError(reason)
+
+    return SDKAgent(name="clerk", model=ScriptedModel(steps), tools=[clock, broken])
+
+
+def tool_step() -> Any:
+    from agents.testing import ModelStep, function_call
+    from openai.types.responses.response_reasoning_item import ResponseReasoningItem, Summary
+
+    thought = Summary(text="The user wants the time.", type="summary_text")
+    return ModelStep(
+        output=[
+            ResponseReasoningItem(id="rs-1", summary=[thought], type="reasoning"),
+            function_call("clock", {"zone": "UTC"}, call_id="call-1"),
+            function_call("broken", {"reason": "no disk"}, call_id="call-2"),
+        ]
+    )
+
+
+def answer(*pieces: str) -> Any:
+    """An assistant message of several text parts: each streams as its own delta."""
+    from agents.testing import ModelStep
+    from openai.types.responses import ResponseOutputMessage, ResponseOutputText
+
+    parts = [ResponseOutputText(text=p, type="output_text", annotations=[]) for p in pieces]
+    message = ResponseOutputMessage(
+        id="msg-1", type="message", role="assistant", status="completed", content=parts
+    )
+    return ModelStep(output=[message])
+
+
+async def test_openai_agents_text_reasoning_and_tools(gw, store, publisher, redis_server, sid):
+    from gateway.integrations.openai_agents import TOOL_ERROR_PREFIX, OpenAIAgentsAgent
+
+    agent = sdk_agent(tool_step(), answer("It is ", "12:00 ", "in UTC."), answer("Still ", "12."))
+    async with (
+        playing(OpenAIAgentsAgent(agent), store, publisher, redis_server.url),
+        GatewayClient(gw.url) as gc,
+    ):
+        run1 = await gc.start_run(sid, "What time is it?")
+        log = await run_log(gc, sid, run1)
+        run2 = await gc.start_run(sid, "And now?")
+        log2 = await run_log(gc, sid, run2)
+    squashed = squash(log)
+    assert squashed[:4] == [
+        ("run.started", {"input": "What time is it?"}),
+        ("reasoning.delta", "The user wants the time."),
+        ("tool.started", {"tool_call_id": "call-1", "name": "clock", "args": {"zone": "UTC"}}),
+        (
+            "tool.started",
+            {"tool_call_id": "call-2", "name": "broken", "args": {"reason": "no disk"}},
+        ),
+    ]
+    # The SDK runs both tools concurrently: their completions come in either order.
+    completed = {d["tool_call_id"]: d for t, d in squashed[4:6] if t == "tool.completed"}
+    assert completed["call-1"] == {
+        "tool_call_id": "call-1",
+        "output": "12:00 UTC",
+        "is_error": False,
+    }
+    assert completed["call-2"]["is_error"] is True
+    assert completed["call-2"]["output"].startswith(TOOL_ERROR_PREFIX)
+    assert squashed[6:] == [("message.delta", "It is 12:00 in UTC."), ("run.completed", {})]
+    assert sum(t == "message.delta" for t, _ in log) == 3
+    assert squash(log2)[-2:] == [("message.delta", "Still 12."), ("run.completed", {})]
+    # The second run saw the first turn as history.
+    second = agent.model.calls[2].input
+    assert [(i["role"], i["content"]) for i in second] == [
+        ("user", "What time is it?"),
+        ("assistant", "It is 12:00 in UTC."),
+        ("user", "And now?"),
+    ]
+
+
+async def test_openai_agents_cancel_stops_a_stalled_model(gw, store, publisher, redis_server, sid):
+    from agents.testing import ModelStep
+
+    from gateway.integrations.openai_agents import openai_agents_worker
+
+    hold = asyncio.Event()  # never set: the model stalls until the run is cancelled
+
+    async def stall(call: Any) -> Any:
+        await hold.wait()
+
+    agent = sdk_agent(tool_step(), ModelStep.respond(stall))
+    worker = openai_agents_worker(agent, store, publisher, Settings(redis_url=redis_server.url))
+    task = asyncio.create_task(worker.run_forever())
+    try:
+        async with GatewayClient(gw.url) as gc:
+            run_id = await gc.start_run(sid, "What time is it?")
+            done: set[str] = set()
+            async with gc.events(sid, from_="start") as stream:
+                async for ev in stream:
+                    assert isinstance(ev, Event)
+                    if ev.type == "tool.completed":
+                        done.add(ev.data["tool_call_id"])
+                        if len(done) == 2:  # the model is now called again, and stalls
+                            await gc.cancel(sid, run_id)
+                    if ev.type in TERMINAL:
+                        break
+            assert (ev.type, ev.run_id) == ("run.cancelled", run_id)
+    finally:
+        worker.begin_drain()
+        await asyncio.wait_for(task, 30)
