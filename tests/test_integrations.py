@@ -275,3 +275,172 @@ async def test_openai_agents_cancel_stops_a_stalled_model(gw, store, publisher, 
     finally:
         worker.begin_drain()
         await asyncio.wait_for(task, 30)
+
+
+# --- approvals -----------------------------------------------------------------------------
+
+
+async def drive(gc: GatewayClient, sid: str, text: str, decision: str) -> list[tuple[str, Any]]:
+    """Start a run, answer its approval requests with ``decision``, return its squashed log."""
+    run_id = await gc.start_run(sid, text)
+    log: list[tuple[str, dict[str, Any]]] = []
+    async with gc.events(sid, from_="run") as stream:
+        async for ev in stream:
+            assert isinstance(ev, Event)
+            if ev.run_id != run_id:
+                continue
+            log.append((ev.type, ev.data))
+            if ev.type == "approval.requested":
+                await gc.approve(sid, ev.data["approval_id"], decision)  # type: ignore[arg-type]
+            if ev.type in TERMINAL:
+                break
+    return squash(log)
+
+
+async def test_pydantic_ai_tool_approval(gw, store, publisher, redis_server, sid):
+    from pydantic_ai import Agent as PAIAgent
+    from pydantic_ai.messages import ToolReturnPart
+    from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
+
+    from gateway.integrations.pydantic_ai import PydanticAIAgent
+
+    async def stream(messages: list[Any], info: AgentInfo) -> AsyncIterator[Any]:
+        returned = [p for m in messages[-1:] for p in m.parts if isinstance(p, ToolReturnPart)]
+        if not returned:
+            call = DeltaToolCall(name="delete", json_args='{"path": "/tmp/x"}')
+            yield {0: DeltaToolCall(**{**call.__dict__, "tool_call_id": f"del-{len(messages)}"})}
+            return
+        yield "Deleted." if returned[0].outcome == "success" else "Kept."
+
+    agent = PAIAgent(FunctionModel(stream_function=stream))
+
+    @agent.tool_plain(requires_approval=True)
+    def delete(path: str) -> str:
+        """Delete a file."""
+        return f"deleted {path}"
+
+    async with (
+        playing(PydanticAIAgent(agent), store, publisher, redis_server.url),
+        GatewayClient(gw.url) as gc,
+    ):
+        approved = await drive(gc, sid, "Delete /tmp/x", "approve")
+        denied = await drive(gc, sid, "Delete /tmp/x again", "deny")
+    start = (
+        "tool.started",
+        {"tool_call_id": "del-1", "name": "delete", "args": {"path": "/tmp/x"}},
+    )
+    prompt = 'Allow the agent to call delete({"path": "/tmp/x"})?'
+    assert approved == [
+        ("run.started", {"input": "Delete /tmp/x"}),
+        start,
+        ("approval.requested", {"approval_id": "del-1", "prompt": prompt}),
+        ("approval.resolved", {"approval_id": "del-1", "decision": "approve"}),
+        (
+            "tool.completed",
+            {"tool_call_id": "del-1", "output": "deleted /tmp/x", "is_error": False},
+        ),
+        ("message.delta", "Deleted."),
+        ("run.completed", {}),
+    ]
+    assert [t for t, _ in denied] == [t for t, _ in approved]
+    done = denied[4][1]
+    assert done["is_error"] is True and "denied" in done["output"]
+    assert denied[-2] == ("message.delta", "Kept.")
+
+
+async def test_openai_agents_tool_approval(gw, store, publisher, redis_server, sid):
+    from agents import Agent as SDKAgent
+    from agents import function_tool, set_tracing_disabled
+    from agents.testing import ScriptedModel, function_call
+
+    from gateway.integrations.openai_agents import OpenAIAgentsAgent
+
+    set_tracing_disabled(True)
+
+    @function_tool(needs_approval=True)
+    def delete(path: str) -> str:
+        """Delete a file."""
+        return f"deleted {path}"
+
+    model = ScriptedModel(
+        [
+            [function_call("delete", {"path": "/tmp/x"}, call_id="call-9")],
+            answer("Deleted."),
+            [function_call("delete", {"path": "/tmp/x"}, call_id="call-10")],
+            answer("Kept."),
+        ]
+    )
+    agent = SDKAgent(name="clerk", model=model, tools=[delete])
+    async with (
+        playing(OpenAIAgentsAgent(agent, with_history=False), store, publisher, redis_server.url),
+        GatewayClient(gw.url) as gc,
+    ):
+        approved = await drive(gc, sid, "Delete /tmp/x", "approve")
+        denied = await drive(gc, sid, "Delete /tmp/x again", "deny")
+    prompt = 'Allow the agent to call delete({"path":"/tmp/x"})?'
+    assert approved == [
+        ("run.started", {"input": "Delete /tmp/x"}),
+        ("tool.started", {"tool_call_id": "call-9", "name": "delete", "args": {"path": "/tmp/x"}}),
+        ("approval.requested", {"approval_id": "call-9", "prompt": prompt}),
+        ("approval.resolved", {"approval_id": "call-9", "decision": "approve"}),
+        (
+            "tool.completed",
+            {"tool_call_id": "call-9", "output": "deleted /tmp/x", "is_error": False},
+        ),
+        ("message.delta", "Deleted."),
+        ("run.completed", {}),
+    ]
+    assert denied[-2:] == [("message.delta", "Kept."), ("run.completed", {})]
+    assert ("approval.resolved", {"approval_id": "call-10", "decision": "deny"}) in denied
+    rejected = next(d for t, d in denied if t == "tool.completed")
+    assert rejected == {
+        "tool_call_id": "call-10",
+        "output": "The user denied it.",
+        "is_error": True,
+    }
+
+
+async def test_a_handed_back_run_skips_what_the_log_already_holds():
+    """A draining worker hands a run back; the next one plays the framework again from the
+    input. The emitter skips the text, reasoning and tool calls already in the log."""
+    from types import SimpleNamespace
+
+    from gateway.integrations import Emitter
+
+    published: list[tuple[str, Any]] = []
+
+    async def record(kind: str, *args: Any, **kw: Any) -> None:
+        published.append((kind, args[0] if len(args) == 1 else args))
+
+    run = SimpleNamespace(
+        text_delta=lambda t: record("text", t),
+        reasoning_delta=lambda t: record("reasoning", t),
+        tool_started=lambda *a: record("tool.started", *a),
+        tool_completed=lambda i, *a, **kw: record("tool.completed", i),
+    )
+    prior = {
+        "text": "It is 12",
+        "reasoning": "Look it up.",
+        "tools": [{"tool_call_id": "c1", "status": "completed"}, {"tool_call_id": "c2"}],
+    }
+    emit = Emitter(SimpleNamespace(prior=prior, run=run))  # type: ignore[arg-type]
+    await emit.reasoning_delta("Look ")
+    await emit.reasoning_delta("it up.")
+    for tid in ("c1", "c2", "c3"):
+        await emit.tool_started(tid, "clock", {})
+        await emit.tool_completed(tid, "ok", False)
+    for piece in ("It ", "is 1", "2:00", " UTC."):
+        await emit.text_delta(piece)
+    assert published == [
+        ("tool.completed", "c2"),
+        ("tool.started", ("c3", "clock", {})),
+        ("tool.completed", "c3"),
+        ("text", ":00"),
+        ("text", " UTC."),
+    ]
+    # A different answer is published from the first piece that differs.
+    published.clear()
+    emit = Emitter(SimpleNamespace(prior={"text": "It is 12"}, run=run))  # type: ignore[arg-type]
+    for piece in ("It ", "was", " late."):
+        await emit.text_delta(piece)
+    assert published == [("text", "was"), ("text", " late.")]

@@ -6,7 +6,8 @@
 
 This module holds what both share: :class:`Emitter` (publishes a framework's stream as our
 events, skipping what a handed-back run's earlier holder already published),
-:func:`until_cancelled` (stops the framework's run when a browser cancels) and
+:func:`until_cancelled` (stops the framework's run when a browser cancels),
+:func:`approve_tool` (a tool call that needs approval asks the session's viewers) and
 :func:`history` (the session's earlier turns, for multi-turn chats). The framework packages
 are optional (``pip install 'agent-stream-gateway[integrations]'``); this module imports
 neither.
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from gateway.agent.publisher import Publisher
 from gateway.agent.worker import Agent, Turn, Worker
+from gateway.core.events import valid_id
 from gateway.settings import Settings
 from gateway.store import Store, snapshots
 
@@ -33,10 +37,10 @@ class Emitter:
     """Publishes one turn's text, reasoning and tool events through ``turn.run``.
 
     A run handed back by a draining worker is played again from its input: text and
-    reasoning that repeat what the log already holds (``turn.prior``) are skipped up to where
-    they differ, and tool calls whose id is already in the log are not announced again. A
-    deterministic agent therefore continues seamlessly; a sampling model's second answer
-    follows the first one's prefix.
+    reasoning that repeat what the log already holds (``turn.prior``) are skipped up to the
+    first streamed piece that differs, and tool calls whose id is already in the log are not
+    announced (or completed) again. A deterministic agent therefore continues seamlessly; a
+    sampling model's second answer is appended after the first one's published prefix.
     """
 
     def __init__(self, turn: Turn) -> None:
@@ -49,6 +53,7 @@ class Emitter:
         self._started = {t["tool_call_id"] for t in tools}
         self._completed = {t["tool_call_id"] for t in tools if t.get("status") == "completed"}
         self._t0: dict[str, float] = {}
+        self.denied: set[str] = set()  # tool calls a viewer refused: their output is an error
 
     @staticmethod
     def _fresh(prior: str, before: str, piece: str) -> str:
@@ -89,7 +94,7 @@ class Emitter:
         t0 = self._t0.pop(tool_call_id, None)
         took = round((time.perf_counter() - t0) * 1000, 1) if t0 is not None else 0.0
         await self.turn.run.tool_completed(
-            tool_call_id, output, is_error=is_error, duration_ms=took
+            tool_call_id, output, is_error=is_error or tool_call_id in self.denied, duration_ms=took
         )
 
 
@@ -110,6 +115,22 @@ async def until_cancelled(turn: Turn, body: Coroutine[Any, Any, T]) -> T:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def approve_tool(turn: Turn, tool_call_id: str, name: str, args: Any) -> bool:
+    """Ask the session's viewers whether a tool call may run: publishes
+    ``approval.requested`` (the approval id is the tool call id when it is a valid id, else a
+    digest of it) and waits for ``approval.resolved``; True when approved.
+
+    Raises:
+        Cancelled, LeaseLost: while waiting.
+    """
+    approval_id = tool_call_id
+    if not valid_id(approval_id):
+        approval_id = "ap-" + hashlib.sha256(tool_call_id.encode()).hexdigest()[:20]
+    shown = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False, default=str)
+    prompt = f"Allow the agent to call {name}({shown[:300]})?"
+    return await turn.approval(approval_id, prompt) == "approve"
 
 
 async def history(turn: Turn, limit: int = 20) -> list[tuple[str, str]]:

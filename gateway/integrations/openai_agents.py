@@ -14,7 +14,12 @@ Agents SDK stream event                                           gateway event
                                                                   the JSON arguments)
 ``run_item_stream_event`` ``tool_output``                         ``tool.completed``
                                                                   (``is_error``: the SDK's
-                                                                  default tool-error text)
+                                                                  default tool-error text, or
+                                                                  a denied approval)
+an interruption (a tool with ``needs_approval``)                  ``approval.requested``; the
+                                                                  answer approves or rejects
+                                                                  it, and the run resumes
+                                                                  from its ``RunState``
 the stream's end                                                  ``run.completed`` (a
                                                                   non-text ``final_output``
                                                                   with no text streamed: its
@@ -34,7 +39,7 @@ import json
 from typing import Any
 
 from agents import Agent as SDKAgent
-from agents import RunConfig, Runner
+from agents import RunConfig, Runner, RunState
 from agents.items import ToolCallItem, ToolCallOutputItem, TResponseInputItem
 from agents.stream_events import RawResponsesStreamEvent, RunItemStreamEvent, StreamEvent
 from openai.types.responses import (
@@ -46,7 +51,7 @@ from pydantic_core import to_jsonable_python
 
 from gateway.agent.publisher import Publisher
 from gateway.agent.worker import Turn, Worker
-from gateway.integrations import Emitter, history, until_cancelled, worker_for
+from gateway.integrations import Emitter, approve_tool, history, until_cancelled, worker_for
 from gateway.settings import Settings
 from gateway.store import Store
 
@@ -95,18 +100,32 @@ class OpenAIAgentsAgent:
         await turn.run.complete()
 
     async def _stream(self, items: list[TResponseInputItem], emit: Emitter) -> None:
-        result = Runner.run_streamed(
-            self.agent,
-            items,
-            context=self.context,
-            max_turns=self.max_turns,
-            run_config=self.run_config,
-        )
-        try:
-            async for event in result.stream_events():
-                await publish(event, emit)
-        finally:
-            result.cancel()  # a no-op once finished; stops the SDK's task on our cancel
+        start: list[TResponseInputItem] | RunState[Any] = items
+        while True:
+            result = Runner.run_streamed(
+                self.agent,
+                start,
+                context=self.context,
+                max_turns=self.max_turns,
+                run_config=self.run_config,
+            )
+            try:
+                async for event in result.stream_events():
+                    await publish(event, emit)
+            finally:
+                result.cancel()  # a no-op once finished; stops the SDK's task on our cancel
+            if not result.interruptions:
+                break
+            # Tools that need approval paused the run: ask the viewers, then resume it.
+            state = result.to_state()
+            for item in result.interruptions:
+                call_id, name = item.call_id or item.name or "tool", item.name or ""
+                if await approve_tool(emit.turn, call_id, name, item.arguments or ""):
+                    state.approve(item)
+                else:
+                    emit.denied.add(call_id)
+                    state.reject(item, rejection_message="The user denied it.")
+            start = state
         output = result.final_output
         if not emit.text and output is not None:
             text = output if isinstance(output, str) else json.dumps(to_jsonable_python(output))

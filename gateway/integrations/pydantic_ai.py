@@ -14,6 +14,9 @@ pydantic-ai event                                      gateway event
 ``FunctionToolCallEvent``                              ``tool.started`` (``args`` as a dict)
 ``FunctionToolResultEvent``                            ``tool.completed`` (``is_error`` when
                                                        the outcome is not ``success``)
+a deferred call needing approval                       ``approval.requested``; the answer
+(``requires_approval=True``)                           (``approval.resolved``) approves it
+                                                       or denies it (``ToolDenied``)
 ``AgentRunResultEvent``                                ``run.completed`` (a non-text output
                                                        with no text streamed: its JSON as a
                                                        ``message.delta`` first)
@@ -32,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic_ai import Agent as PAIAgent
+from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.messages import (
     AgentStreamEvent,
     FunctionToolCallEvent,
@@ -48,11 +52,12 @@ from pydantic_ai.messages import (
     UserPromptPart,
 )
 from pydantic_ai.run import AgentRunResultEvent
+from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, RunContext, ToolDenied
 from pydantic_core import to_jsonable_python
 
 from gateway.agent.publisher import Publisher
 from gateway.agent.worker import Turn, Worker
-from gateway.integrations import Emitter, history, until_cancelled, worker_for
+from gateway.integrations import Emitter, approve_tool, history, until_cancelled, worker_for
 from gateway.settings import Settings
 from gateway.store import Store
 
@@ -102,6 +107,18 @@ class PydanticAIAgent:
         kwargs = dict(self.run_kwargs)
         if messages:
             kwargs["message_history"] = list(messages)
+
+        async def ask(ctx: RunContext[Any], requests: DeferredToolRequests) -> DeferredToolResults:
+            results = DeferredToolResults()
+            for call in requests.approvals:
+                ok = await approve_tool(
+                    turn, call.tool_call_id, call.tool_name, call.args_as_dict()
+                )
+                results.approvals[call.tool_call_id] = ok or ToolDenied("The user denied it.")
+            return results
+
+        handler = HandleDeferredToolCalls[Any](handler=ask)
+        kwargs["capabilities"] = [*kwargs.get("capabilities", []), handler]
         async with self.agent.run_stream_events(turn.input, deps=self.deps, **kwargs) as events:
             async for event in events:
                 await publish(event, emit)
