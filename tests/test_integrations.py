@@ -444,3 +444,46 @@ async def test_a_handed_back_run_skips_what_the_log_already_holds():
     for piece in ("It ", "was", " late."):
         await emit.text_delta(piece)
     assert published == [("text", "was"), ("text", " late.")]
+
+
+WORKER_SCRIPT = """
+import asyncio
+
+from pydantic_ai import Agent
+from pydantic_ai.models.function import FunctionModel
+
+from gateway.integrations import run_worker
+from gateway.integrations.pydantic_ai import PydanticAIAgent
+
+
+async def echo(messages, info):
+    for word in messages[-1].parts[-1].content.split():
+        yield word + " "
+
+
+agent = Agent(FunctionModel(stream_function=echo))
+asyncio.run(run_worker(PydanticAIAgent(agent)))
+"""
+
+
+async def test_run_worker_process_plays_runs_and_drains_on_sigterm(gw, redis_server, sid, tmp_path):
+    """The documented entry point, as its own process (the docs' snippet with a FunctionModel)."""
+    import os
+    import signal
+    import sys
+
+    from tests.support import ROOT, Proc
+
+    script = tmp_path / "echo_worker.py"
+    script.write_text(WORKER_SCRIPT)
+    env = {**os.environ, "REDIS_URL": redis_server.url, "PYTHONPATH": str(ROOT)}
+    proc = Proc([sys.executable, str(script)], env, "echo-worker")
+    try:
+        async with GatewayClient(gw.url) as gc:
+            run_id = await gc.start_run(sid, "say it back")
+            log = await run_log(gc, sid, run_id)
+        assert squash(log)[1:] == [("message.delta", "say it back "), ("run.completed", {})]
+        proc.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.proc.wait, 30) == 0, proc.output()
+    finally:
+        proc.stop()

@@ -8,7 +8,8 @@ This module holds what both share: :class:`Emitter` (publishes a framework's str
 events, skipping what a handed-back run's earlier holder already published),
 :func:`until_cancelled` (stops the framework's run when a browser cancels),
 :func:`approve_tool` (a tool call that needs approval asks the session's viewers) and
-:func:`history` (the session's earlier turns, for multi-turn chats). The framework packages
+:func:`history` (the session's earlier turns, for multi-turn chats); and
+:func:`run_worker`, the process entry point. The framework packages
 are optional (``pip install 'agent-stream-gateway[integrations]'``); this module imports
 neither.
 """
@@ -151,3 +152,33 @@ def worker_for(agent: Agent, store: Store, publisher: Publisher, settings: Setti
     """A :class:`~gateway.agent.worker.Worker` playing runs with ``agent`` (an adapter of
     this package): consume commands, hold leases, honour cancel and drain."""
     return Worker(store, publisher, settings, agent)
+
+
+async def run_worker(agent: Agent, settings: Settings | None = None) -> None:
+    """Play runs with ``agent`` until SIGTERM/SIGINT, like ``gateway worker`` does for the
+    demo agent: Redis from ``REDIS_URL`` (and ``GATEWAY_*`` settings) unless ``settings``
+    is given; SIGTERM drains (runs finish within ``GATEWAY_WORKER_DRAIN_TIMEOUT`` or are
+    handed back to another worker), then this returns.
+
+    Raises:
+        ValueError: no Redis URL configured.
+    """
+    import signal
+
+    from gateway.store.client import connect
+
+    settings = settings or Settings()
+    if not settings.redis_url:
+        raise ValueError("a worker needs Redis: set REDIS_URL")
+    redis = connect(settings, role="worker")
+    store = Store(redis, settings.key_prefix)
+    worker = worker_for(agent, store, Publisher.from_settings(store, settings), settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.begin_drain)
+    try:
+        await worker.run_forever()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await redis.aclose()
