@@ -232,3 +232,21 @@ async def test_repeats_are_dropped_by_offset_and_superseded_ends_the_stream():
     assert "last-event-id" not in attaches[0]
     assert attaches[1]["last-event-id"] == "0000abcd_000000000002"
     assert stream.reasons == ["draining"]
+
+
+async def test_reset_when_the_log_is_lost_mid_stream(gw, publisher, redis_server, sid):
+    """Redis loses the session while the client reads it (its keys deleted, as a failover
+    without persistence would): the next events are of a new epoch, announced by a reset."""
+    before = await ticks(publisher, sid, 0, 3)
+    async with GatewayClient(gw.url) as gc, gc.events(sid) as stream:
+        it = aiter(stream)
+        assert [e.offset for e in await take(it, 3)] == before
+        keys = redis_server.cli("--scan", "--pattern", f"gw:{{{sid}}}:*").split()
+        assert keys and redis_server.cli("DEL", *keys)
+        after = await ticks(publisher, sid, 3, 2)
+        (reset,) = await take(it, 1)
+        assert isinstance(reset, Reset) and reset.reason == "epoch_changed"
+        assert reset.offset == after[-1] == stream.offset  # they are in the snapshot
+        assert after[0].split("_")[0] != before[0].split("_")[0]
+        nxt = await publisher.publish(sid, "vendor.tick", {"n": 5})
+        assert (await take(it, 1))[0].offset == nxt
