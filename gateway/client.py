@@ -268,6 +268,16 @@ class EventStream:
         if self.offset is None or self._newer(offset):
             self.offset = offset
 
+    async def ack(self, offset: str | None = None) -> None:
+        """Store ``offset`` (default: the last one delivered) as the connection's offset
+        (``POST …/ack``; forward only): with ``commit="manual"``, call it once an event is
+        processed, so a restarted consumer resumes after it."""
+        offset = offset or self.offset
+        if offset is None or self.connection_id is None:
+            return
+        path = f"/v1/sessions/{self.session_id}/connections/{self.connection_id}/ack"
+        await self.client.request("POST", path, {"offset": offset})
+
     def _newer(self, offset: str) -> bool:
         if self.offset is None:
             return True

@@ -250,3 +250,19 @@ async def test_reset_when_the_log_is_lost_mid_stream(gw, publisher, redis_server
         assert after[0].split("_")[0] != before[0].split("_")[0]
         nxt = await publisher.publish(sid, "vendor.tick", {"n": 5})
         assert (await take(it, 1))[0].offset == nxt
+
+
+async def test_manual_commit_moves_only_by_ack_and_a_new_consumer_resumes_there(gw, publisher, sid):
+    offs = await ticks(publisher, sid, 0, 5)
+    async with GatewayClient(gw.url) as gc:
+        async with gc.events(sid, commit="manual") as stream:
+            it = aiter(stream)
+            await take(it, 2)
+            await stream.ack()  # processed two
+            await take(it, 3)  # read three more, never acknowledged
+        cid = stream.connection_id
+        assert cid is not None
+        conn = await gc.request("GET", f"/v1/sessions/{sid}/connections/{cid}")
+        assert conn["offset"] == offs[1]
+        async with gc.events(sid, connection_id=cid) as again:
+            assert [e.offset for e in await take(aiter(again), 3)] == offs[2:]
