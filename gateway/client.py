@@ -8,7 +8,8 @@ reuses) a stored connection (``POST /v1/sessions/{id}/connections``) and reads i
 - a dropped stream (a replica killed, a network cut), ``event: close`` ``draining`` (after the
   server's ``retry:`` delay), ``503``/``429``/``5xx`` answers: reconnect with backoff, to the
   next base URL when several are given, resuming with ``Last-Event-ID`` = the last offset
-  delivered, so nothing is lost;
+  delivered (``commit="auto"``) or from the acknowledged offset (``commit="manual"``, see
+  :meth:`EventStream.ack`), so nothing is lost;
 - repeats are dropped by offset: within one epoch an event whose ``seq`` is not newer than
   the last one delivered is skipped;
 - ``event: reset`` (another epoch, trimmed, offset ahead) becomes a :class:`Reset`: reload the
@@ -310,7 +311,16 @@ class EventStream:
             reason = None
             try:
                 if self.connection_id is None:
-                    conn = await client.create_connection(self.session_id, self.from_, self.commit)
+                    # A connection that expired is re-created where this stream got to.
+                    try:
+                        conn = await client.create_connection(
+                            self.session_id, self.offset or self.from_, self.commit
+                        )
+                    except GatewayClientError as exc:
+                        if exc.code != "offset_ahead":
+                            raise
+                        yield await self._lost_ahead()
+                        continue
                     self.connection_id = conn["connection_id"]
                 async for item in self._attach(refresh):
                     if isinstance(item, str):
@@ -346,7 +356,11 @@ class EventStream:
         """One attach: yields items, then a close reason (a string) if the server sent one."""
         client = self.client
         headers = await client.headers(refresh)
-        if self.offset is not None:
+        if self.offset is not None and self.commit == "auto":
+            # An auto-committed offset follows what the gateway wrote, which a dropped
+            # stream may not have delivered: resume from what arrived. A manual one stays
+            # where the consumer acknowledged (Last-Event-ID would move it): resume there
+            # and drop the repeats.
             headers["Last-Event-ID"] = self.offset
         url = f"{client.url}/v1/sessions/{self.session_id}/connections/{self.connection_id}/events"
         timeout = httpx.Timeout(10.0, read=client.idle_timeout)
