@@ -108,6 +108,7 @@ async def test_pydantic_ai_text_reasoning_and_a_tool(gw, store, publisher, redis
         log = await run_log(gc, sid, run1)
         assert squash(log) == [
             ("run.started", {"input": "What time is it?"}),
+            ("session.title", {"title": "What time is it?"}),
             ("reasoning.delta", "The user wants the time; I'll ask the clock."),
             ("tool.started", {"tool_call_id": "call-1", "name": "clock", "args": {"zone": "UTC"}}),
             ("tool.completed", {"tool_call_id": "call-1", "output": "UTC", "is_error": False}),
@@ -215,8 +216,9 @@ async def test_openai_agents_text_reasoning_and_tools(gw, store, publisher, redi
         run2 = await gc.start_run(sid, "And now?")
         log2 = await run_log(gc, sid, run2)
     squashed = squash(log)
-    assert squashed[:4] == [
+    assert squashed[:5] == [
         ("run.started", {"input": "What time is it?"}),
+        ("session.title", {"title": "What time is it?"}),
         ("reasoning.delta", "The user wants the time."),
         ("tool.started", {"tool_call_id": "call-1", "name": "clock", "args": {"zone": "UTC"}}),
         (
@@ -225,7 +227,7 @@ async def test_openai_agents_text_reasoning_and_tools(gw, store, publisher, redi
         ),
     ]
     # The SDK runs both tools concurrently: their completions come in either order.
-    completed = {d["tool_call_id"]: d for t, d in squashed[4:6] if t == "tool.completed"}
+    completed = {d["tool_call_id"]: d for t, d in squashed[5:7] if t == "tool.completed"}
     assert completed["call-1"] == {
         "tool_call_id": "call-1",
         "output": "12:00 UTC",
@@ -233,7 +235,7 @@ async def test_openai_agents_text_reasoning_and_tools(gw, store, publisher, redi
     }
     assert completed["call-2"]["is_error"] is True
     assert completed["call-2"]["output"].startswith(TOOL_ERROR_PREFIX)
-    assert squashed[6:] == [("message.delta", "It is 12:00 in UTC."), ("run.completed", {})]
+    assert squashed[7:] == [("message.delta", "It is 12:00 in UTC."), ("run.completed", {})]
     assert sum(t == "message.delta" for t, _ in log) == 3
     assert squash(log2)[-2:] == [("message.delta", "Still 12."), ("run.completed", {})]
     # The second run saw the first turn as history.
@@ -320,7 +322,7 @@ async def test_pydantic_ai_tool_approval(gw, store, publisher, redis_server, sid
         return f"deleted {path}"
 
     async with (
-        playing(PydanticAIAgent(agent), store, publisher, redis_server.url),
+        playing(PydanticAIAgent(agent, title=False), store, publisher, redis_server.url),
         GatewayClient(gw.url) as gc,
     ):
         approved = await drive(gc, sid, "Delete /tmp/x", "approve")
@@ -372,7 +374,12 @@ async def test_openai_agents_tool_approval(gw, store, publisher, redis_server, s
     )
     agent = SDKAgent(name="clerk", model=model, tools=[delete])
     async with (
-        playing(OpenAIAgentsAgent(agent, with_history=False), store, publisher, redis_server.url),
+        playing(
+            OpenAIAgentsAgent(agent, with_history=False, title=False),
+            store,
+            publisher,
+            redis_server.url,
+        ),
         GatewayClient(gw.url) as gc,
     ):
         approved = await drive(gc, sid, "Delete /tmp/x", "approve")
@@ -482,7 +489,11 @@ async def test_run_worker_process_plays_runs_and_drains_on_sigterm(gw, redis_ser
         async with GatewayClient(gw.url) as gc:
             run_id = await gc.start_run(sid, "say it back")
             log = await run_log(gc, sid, run_id)
-        assert squash(log)[1:] == [("message.delta", "say it back "), ("run.completed", {})]
+        assert squash(log)[1:] == [
+            ("session.title", {"title": "say it back"}),
+            ("message.delta", "say it back "),
+            ("run.completed", {}),
+        ]
         proc.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.proc.wait, 30) == 0, proc.output()
     finally:

@@ -8,7 +8,8 @@ This module holds what both share: :class:`Emitter` (publishes a framework's str
 events, skipping what a handed-back run's earlier holder already published),
 :func:`until_cancelled` (stops the framework's run when a browser cancels),
 :func:`approve_tool` (a tool call that needs approval asks the session's viewers) and
-:func:`history` (the session's earlier turns, for multi-turn chats); and
+:func:`history` (the session's earlier turns, for multi-turn chats), :func:`title_session`;
+and
 :func:`run_worker`, the process entry point. The framework packages
 are optional (``pip install 'agent-stream-gateway[integrations]'``); this module imports
 neither.
@@ -132,6 +133,15 @@ async def approve_tool(turn: Turn, tool_call_id: str, name: str, args: Any) -> b
     shown = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False, default=str)
     prompt = f"Allow the agent to call {name}({shown[:300]})?"
     return await turn.approval(approval_id, prompt) == "approve"
+
+
+async def title_session(turn: Turn) -> None:
+    """Name a session that has no title after its first input (``session.title``: its first
+    six words), as the demo agent does, so the session list shows something readable."""
+    meta = await turn.patient(lambda: turn.worker.store.sessions.meta(turn.session_id))
+    words = turn.input.split()
+    if meta is not None and not meta.title and words:
+        await turn.run.set_title(" ".join(words[:6]) + ("…" if len(words) > 6 else ""))
 
 
 async def history(turn: Turn, limit: int = 20) -> list[tuple[str, str]]:

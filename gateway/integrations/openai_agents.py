@@ -51,7 +51,14 @@ from pydantic_core import to_jsonable_python
 
 from gateway.agent.publisher import Publisher
 from gateway.agent.worker import Turn, Worker
-from gateway.integrations import Emitter, approve_tool, history, until_cancelled, worker_for
+from gateway.integrations import (
+    Emitter,
+    approve_tool,
+    history,
+    title_session,
+    until_cancelled,
+    worker_for,
+)
 from gateway.settings import Settings
 from gateway.store import Store
 
@@ -65,6 +72,7 @@ class OpenAIAgentsAgent:
     Args:
         agent: the SDK agent (model, tools, instructions, handoffs).
         context: passed as ``context`` to every run.
+        title: name an untitled session after its first input (``session.title``).
         with_history: give the agent the session's earlier turns (input and answer of each
             run) as input items before this run's input.
         run_config: the SDK's ``RunConfig`` (model provider, tracing, …).
@@ -77,18 +85,22 @@ class OpenAIAgentsAgent:
         *,
         context: Any = None,
         with_history: bool = True,
+        title: bool = True,
         run_config: RunConfig | None = None,
         max_turns: int = 10,
     ) -> None:
         self.agent = agent
         self.context = context
         self.with_history = with_history
+        self.title = title
         self.run_config = run_config
         self.max_turns = max_turns
 
     async def play(self, turn: Turn) -> None:
         """Play one turn; raises ``Cancelled`` when a browser cancels (the worker then
         publishes ``run.cancelled``); any other exception fails the run."""
+        if self.title:
+            await title_session(turn)
         items: list[TResponseInputItem] = []
         if self.with_history:
             for prompt, answer in await history(turn):

@@ -57,7 +57,14 @@ from pydantic_core import to_jsonable_python
 
 from gateway.agent.publisher import Publisher
 from gateway.agent.worker import Turn, Worker
-from gateway.integrations import Emitter, approve_tool, history, until_cancelled, worker_for
+from gateway.integrations import (
+    Emitter,
+    approve_tool,
+    history,
+    title_session,
+    until_cancelled,
+    worker_for,
+)
 from gateway.settings import Settings
 from gateway.store import Store
 
@@ -68,6 +75,7 @@ class PydanticAIAgent:
     Args:
         agent: the pydantic-ai agent (its model, tools, instructions).
         deps: passed as ``deps`` to every run.
+        title: name an untitled session after its first input (``session.title``).
         with_history: give the agent the session's earlier turns (input and answer of each
             run) as ``message_history``.
         run_kwargs: more keyword arguments for ``run_stream_events`` (``model_settings``,
@@ -80,16 +88,20 @@ class PydanticAIAgent:
         *,
         deps: Any = None,
         with_history: bool = True,
+        title: bool = True,
         **run_kwargs: Any,
     ) -> None:
         self.agent = agent
         self.deps = deps
         self.with_history = with_history
+        self.title = title
         self.run_kwargs = run_kwargs
 
     async def play(self, turn: Turn) -> None:
         """Play one turn; raises ``Cancelled`` when a browser cancels (the worker then
         publishes ``run.cancelled``); any other exception fails the run."""
+        if self.title:
+            await title_session(turn)
         messages = await self.messages(turn) if self.with_history else []
         emit = Emitter(turn)
         await until_cancelled(turn, self._stream(turn, messages, emit))
