@@ -384,7 +384,7 @@ async def test_openai_agents_tool_approval(gw, store, publisher, redis_server, s
     ):
         approved = await drive(gc, sid, "Delete /tmp/x", "approve")
         denied = await drive(gc, sid, "Delete /tmp/x again", "deny")
-    prompt = 'Allow the agent to call delete({"path":"/tmp/x"})?'
+    prompt = 'Allow the agent to call delete({"path": "/tmp/x"})?'
     assert approved == [
         ("run.started", {"input": "Delete /tmp/x"}),
         ("tool.started", {"tool_call_id": "call-9", "name": "delete", "args": {"path": "/tmp/x"}}),

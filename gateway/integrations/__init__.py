@@ -130,6 +130,9 @@ async def approve_tool(turn: Turn, tool_call_id: str, name: str, args: Any) -> b
     approval_id = tool_call_id
     if not valid_id(approval_id):
         approval_id = "ap-" + hashlib.sha256(tool_call_id.encode()).hexdigest()[:20]
+    if isinstance(args, str):  # JSON text from a model: shown like a dict's arguments
+        with contextlib.suppress(ValueError):
+            args = json.loads(args)
     shown = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False, default=str)
     prompt = f"Allow the agent to call {name}({shown[:300]})?"
     return await turn.approval(approval_id, prompt) == "approve"
