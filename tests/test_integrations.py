@@ -10,6 +10,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from gateway.agent.worker import Agent, Worker
 from gateway.client import Event, GatewayClient
 from gateway.settings import Settings
@@ -453,14 +455,9 @@ async def test_a_handed_back_run_skips_what_the_log_already_holds():
     assert published == [("text", "was"), ("text", " late.")]
 
 
-WORKER_SCRIPT = """
-import asyncio
-
+ECHO_AGENT = """
 from pydantic_ai import Agent
 from pydantic_ai.models.function import FunctionModel
-
-from gateway.integrations import run_worker
-from gateway.integrations.pydantic_ai import PydanticAIAgent
 
 
 async def echo(messages, info):
@@ -469,22 +466,26 @@ async def echo(messages, info):
 
 
 agent = Agent(FunctionModel(stream_function=echo))
-asyncio.run(run_worker(PydanticAIAgent(agent)))
 """
 
 
-async def test_run_worker_process_plays_runs_and_drains_on_sigterm(gw, redis_server, sid, tmp_path):
-    """The documented entry point, as its own process (the docs' snippet with a FunctionModel)."""
+async def test_worker_process_plays_runs_and_drains_on_sigterm(gw, redis_server, sid, tmp_path):
+    """``python -m gateway.integrations echo_agent:agent`` (run_worker in its own process)
+    plays a run, then drains and exits 0 on SIGTERM."""
     import os
     import signal
     import sys
 
     from tests.support import ROOT, Proc
 
-    script = tmp_path / "echo_worker.py"
-    script.write_text(WORKER_SCRIPT)
-    env = {**os.environ, "REDIS_URL": redis_server.url, "PYTHONPATH": str(ROOT)}
-    proc = Proc([sys.executable, str(script)], env, "echo-worker")
+    (tmp_path / "echo_agent.py").write_text(ECHO_AGENT)
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server.url,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
+    }
+    args = [sys.executable, "-m", "gateway.integrations", "echo_agent:agent"]
+    proc = Proc(args, env, "echo-worker")
     try:
         async with GatewayClient(gw.url) as gc:
             run_id = await gc.start_run(sid, "say it back")
@@ -498,3 +499,20 @@ async def test_run_worker_process_plays_runs_and_drains_on_sigterm(gw, redis_ser
         assert await asyncio.to_thread(proc.proc.wait, 30) == 0, proc.output()
     finally:
         proc.stop()
+
+
+def test_adapter_for_tells_the_frameworks_apart():
+    from agents import Agent as SDKAgent
+    from pydantic_ai import Agent as PAIAgent
+    from pydantic_ai.models.test import TestModel
+
+    from gateway.integrations.__main__ import adapter_for
+    from gateway.integrations.openai_agents import OpenAIAgentsAgent
+    from gateway.integrations.pydantic_ai import PydanticAIAgent
+
+    assert isinstance(adapter_for(PAIAgent(TestModel())), PydanticAIAgent)
+    assert isinstance(adapter_for(SDKAgent(name="a")), OpenAIAgentsAgent)
+    custom = PydanticAIAgent(PAIAgent(TestModel()), with_history=False)
+    assert adapter_for(custom) is custom
+    with pytest.raises(TypeError):
+        adapter_for(object())
