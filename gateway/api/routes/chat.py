@@ -15,11 +15,11 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.openapi import ResponseSpec
-from litestar.params import JSONBody, Parameter
+from litestar.params import FromQuery, JSONBody
 from litestar.response import Stream
 from redis.exceptions import RedisError
 
@@ -251,7 +251,7 @@ async def resume_chat(call: CallDep, request: Request[Any, Any, Any]) -> Respons
     responses={204: ResponseSpec(None, description="No run is active: nothing to stop.")},
 )
 async def stop_chat(
-    call: CallDep, run_id: Annotated[str | None, Parameter(query="run_id")] = None
+    call: CallDep, run_id: FromQuery[str | None] = None
 ) -> Response[RunAccepted | None]:
     """Cancel the active run: ``202`` with its id (the run then ends with ``run.cancelled``,
     which open streams deliver as ``abort``); ``204`` when no run is active. ``?run_id=``
