@@ -61,6 +61,7 @@ class Subscriber:
         "connection_id",
         "done",
         "draining",
+        "ended",
         "epoch",
         "events",
         "kicked",
@@ -88,9 +89,10 @@ class Subscriber:
         self.kicked = False
         self.draining = False
         self.wakeup = asyncio.Event()
-        self.done = asyncio.Event()
+        self.done: asyncio.Event | None = None  # created by the first waiter (see ended)
         self.on_frame = on_frame
         self.slot = ""
+        self.ended = False
 
     def push(self, epoch: str, events: list[StoredEvent]) -> bool:
         """Queue live events; returns False when this push made the queue overflow."""
@@ -121,6 +123,21 @@ class Subscriber:
         """End this viewer: its connection id was attached by a newer stream."""
         self.kicked = True
         self.wakeup.set()
+
+    def finish(self) -> None:
+        """The viewer's stream is gone (the hub unsubscribed it)."""
+        self.ended = True
+        if self.done is not None:
+            self.done.set()
+
+    async def wait_finished(self) -> None:
+        """Until :meth:`finish` was called. The event is made on demand: an idle viewer
+        that nobody waits for does not carry one."""
+        if self.ended:
+            return
+        if self.done is None:
+            self.done = asyncio.Event()
+        await self.done.wait()
 
 
 class _PubSub(Protocol):
@@ -298,11 +315,11 @@ class Hub:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     for sub in old:
-                        await sub.done.wait()
+                        await sub.wait_finished()
 
     def unsubscribe(self, channel: str, sub: Subscriber) -> None:
         """Deregister ``sub``; the channel is unsubscribed when its last viewer leaves."""
-        sub.done.set()
+        sub.finish()
         subs = self._subs.get(channel)
         if subs is None:
             return
