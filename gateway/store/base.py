@@ -142,6 +142,8 @@ class Batch:
             for _, fut in items:
                 if not fut.done():
                     fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+                    fut.exception()  # retrieved: a caller that stopped at an earlier error
+                    # (the touch queued before a failed head read) must not log it again
             if not isinstance(exc, Exception):
                 raise
             return
@@ -150,6 +152,7 @@ class Batch:
                 continue  # its caller went away
             if isinstance(reply, Exception):
                 fut.set_exception(reply)
+                fut.exception()
             else:
                 fut.set_result(reply)
 
