@@ -112,6 +112,7 @@ def serve(
         os.environ["REDIS_URL"] = redis_url
     if insecure:
         os.environ["GATEWAY_INSECURE"] = "1"  # the app factory (and every worker) reads it
+    os.environ.setdefault("GATEWAY_GC_FREEZE", "1")
     settings = Settings()
     if not settings.redis_url:
         raise typer.BadParameter("serve needs Redis: pass --redis-url or set REDIS_URL")

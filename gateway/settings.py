@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     )
     connection_ttl: float = Field(default=3600.0, gt=0, description="Idle consumer offset TTL.")
     heartbeat_interval: float = Field(default=15.0, gt=0)
+    gc_freeze: bool = Field(
+        default=False,
+        description="gc.freeze() once started, so the collector stops re-scanning start-up "
+        "objects (`gateway serve` turns it on).",
+    )
     auto_commit_interval: float = Field(default=0.25, gt=0)
     queue_size: int = Field(default=512, ge=8, description="Live events buffered per viewer.")
     catchup_page: int = Field(default=500, ge=1, description="Events per catch-up XRANGE.")

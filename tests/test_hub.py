@@ -59,7 +59,7 @@ async def test_failed_subscribe_is_retried_and_later_viewers_do_not_wait(hub_sto
     await hub.subscribe(channel, first)
     assert first.overflowed  # told to read the log instead
     await hub.subscribe(channel, second)
-    await until(lambda: hub._confirmed[channel].is_set())
+    await until(lambda: hub.confirmed(channel))
     assert calls == 2
     first.overflowed = second.overflowed = False
     first.events.clear()

@@ -5,6 +5,7 @@ OpenAPI schema at ``/schema`` and the static viewer UI."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -114,6 +115,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
             rt.background.append(asyncio.create_task(worker.run_forever(), name="demo-worker"))
         app.state.runtime = rt
         restore_signals = drain_on_signals(rt)
+        if settings.gc_freeze:
+            # Everything alive now (modules, routes, pools) lives as long as the process: the
+            # cyclic collector need not walk it again on every full collection.
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:

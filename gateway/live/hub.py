@@ -17,7 +17,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -48,6 +48,53 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     return True
 
 
+class Wakeup(asyncio.Event):
+    """An ``asyncio.Event`` that holds no deque while nobody waits.
+
+    ``asyncio.Event`` allocates a deque (about 600 bytes) per event for its waiters; every
+    idle viewer has one wakeup, which usually has one waiter. This one keeps a short list,
+    only while someone waits.
+    """
+
+    def __init__(self) -> None:
+        self._value = False
+        self._waiters: list[asyncio.Future[bool]] | None = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Wakeup {'set' if self._value else 'unset'}>"
+
+    def set(self) -> None:
+        if not self._value:
+            self._value = True
+            for fut in self._waiters or ():
+                if not fut.done():
+                    fut.set_result(True)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> Literal[True]:
+        if self._value:
+            return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = [fut]
+        else:
+            self._waiters.append(fut)
+        try:
+            await fut
+            return True
+        finally:
+            waiters = self._waiters
+            if waiters is not None:
+                waiters.remove(fut)
+                if not waiters:
+                    self._waiters = None
+
+
+NO_EVENTS: deque[StoredEvent] = deque(maxlen=0)  # shared by every empty inbox; never filled
+
+
 class Subscriber:
     """One local viewer's live inbox for one channel.
 
@@ -61,6 +108,7 @@ class Subscriber:
         "connection_id",
         "done",
         "draining",
+        "ended",
         "epoch",
         "events",
         "kicked",
@@ -82,15 +130,17 @@ class Subscriber:
         self.maxsize = maxsize
         self.connection_id = connection_id
         self.token = token
-        self.events: deque[StoredEvent] = deque()
+        # The shared empty queue until the first live event: an idle viewer holds no deque.
+        self.events: deque[StoredEvent] = NO_EVENTS
         self.epoch = ""
         self.overflowed = False
         self.kicked = False
         self.draining = False
-        self.wakeup = asyncio.Event()
-        self.done = asyncio.Event()
+        self.wakeup: asyncio.Event = Wakeup()
+        self.done: asyncio.Event | None = None  # created by the first waiter (see ended)
         self.on_frame = on_frame
         self.slot = ""
+        self.ended = False
 
     def push(self, epoch: str, events: list[StoredEvent]) -> bool:
         """Queue live events; returns False when this push made the queue overflow."""
@@ -103,6 +153,8 @@ class Subscriber:
             self.overflowed = True
             return False
         self.epoch = epoch
+        if self.events is NO_EVENTS:
+            self.events = deque()
         self.events.extend(events)
         return True
 
@@ -121,6 +173,21 @@ class Subscriber:
         """End this viewer: its connection id was attached by a newer stream."""
         self.kicked = True
         self.wakeup.set()
+
+    def finish(self) -> None:
+        """The viewer's stream is gone (the hub unsubscribed it)."""
+        self.ended = True
+        if self.done is not None:
+            self.done.set()
+
+    async def wait_finished(self) -> None:
+        """Until :meth:`finish` was called. The event is made on demand: an idle viewer
+        that nobody waits for does not carry one."""
+        if self.ended:
+            return
+        if self.done is None:
+            self.done = asyncio.Event()
+        await self.done.wait()
 
 
 class _PubSub(Protocol):
@@ -167,7 +234,7 @@ class Hub:
         self.metrics = metrics
         self._pubsub: _PubSub | None = None
         self._subs: dict[str, set[Subscriber]] = {}
-        self._confirmed: dict[str, asyncio.Event] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}  # channels awaiting confirmation
         self._task: asyncio.Task[None] | None = None
         self._active = asyncio.Event()
         # redis-py's PubSub takes its connection from the pool on the first command without
@@ -204,6 +271,10 @@ class Hub:
         """Channels with at least one local subscriber."""
         return len(self._subs)
 
+    def confirmed(self, channel: str) -> bool:
+        """Whether Redis confirmed the subscription of ``channel`` (which has viewers)."""
+        return channel in self._subs and channel not in self._confirmed
+
     def drain(self, spread: float) -> None:
         """Ask every local viewer to reconnect elsewhere, spread over ``spread`` seconds.
 
@@ -229,8 +300,8 @@ class Hub:
         subs = self._subs.get(channel)
         if subs is not None:
             subs.add(sub)
-            confirmed = self._confirmed[channel]
-            if not confirmed.is_set():
+            confirmed = self._confirmed.get(channel)  # None once Redis confirmed
+            if confirmed is not None and not confirmed.is_set():
                 if channel in self._failed:
                     sub.lost_frames()  # no live frames yet: read the log meanwhile
                 else:
@@ -298,11 +369,11 @@ class Hub:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     for sub in old:
-                        await sub.done.wait()
+                        await sub.wait_finished()
 
     def unsubscribe(self, channel: str, sub: Subscriber) -> None:
         """Deregister ``sub``; the channel is unsubscribed when its last viewer leaves."""
-        sub.done.set()
+        sub.finish()
         subs = self._subs.get(channel)
         if subs is None:
             return
@@ -357,7 +428,8 @@ class Hub:
         kind = msg.get("type")
         channel = str(msg.get("channel"))
         if kind in ("subscribe", "ssubscribe"):
-            ev = self._confirmed.get(channel)
+            # Forgotten once set: a confirmed channel holds no event (one per idle viewer).
+            ev = self._confirmed.pop(channel, None)
             if ev is not None:
                 ev.set()
             if channel in self._recovering:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from gateway.core import offsets
 from gateway.core.cursors import Start
 from gateway.core.events import StoredEvent
 from gateway.live.deps import StreamDeps, drain_frame, expired, release_slot, until
-from gateway.live.hub import Slot, Subscriber, wait_event
+from gateway.live.hub import Slot, Subscriber
+from gateway.live.ticker import ticker
 from gateway.store.sessions import envelope_json
 
 log = logging.getLogger(__name__)
@@ -165,6 +167,8 @@ class EventStream:
         if self.pending_reset:
             yield self._reset_frame(self.pending_reset)
         need_catchup = True
+        first_heartbeat = True
+        alarms = ticker()
         while True:
             if sub.kicked:
                 if not self.mux:  # a mux session just stops; the mux reports its own close
@@ -208,12 +212,16 @@ class EventStream:
             if sub.events or sub.kicked or sub.overflowed or sub.draining:
                 continue
             uncommitted = self._uncommitted()
-            timeout = (
-                self.settings.auto_commit_interval
-                if uncommitted
-                else self.settings.heartbeat_interval
-            )
-            if not await wait_event(sub.wakeup, until(timeout, self.expires)):
+            if uncommitted:
+                timeout = self.settings.auto_commit_interval
+            elif first_heartbeat:
+                # At random in 0.5-1 x the interval: viewers attached together (a deploy, a
+                # reconnect storm) do not all beat, and re-check Redis, in the same instant.
+                first_heartbeat = False
+                timeout = self.settings.heartbeat_interval * random.uniform(0.5, 1.0)
+            else:
+                timeout = self.settings.heartbeat_interval
+            if not await alarms.wait(sub.wakeup, until(timeout, self.expires)):
                 if expired(self.expires):
                     continue  # the loop's top ends the stream
                 if uncommitted:
@@ -259,11 +267,14 @@ class EventStream:
 
     async def _tail_check(self) -> bool:
         """On an idle heartbeat: refresh the consumer's TTL, and report a missed tail."""
-        if self.consumer is not None:
-            await self.consumers.touch(
+        touch = None
+        if self.consumer is not None:  # queued now, sent in one pipeline with the head read
+            touch = self.consumers.touch(
                 self.sid, self.consumer.connection_id, self.settings.connection_ttl
             )
         epoch, head = await self.sessions.head(self.sid)
+        if touch is not None:
+            await touch
         return (epoch is not None and epoch != self.epoch) or head != self.last
 
     def _uncommitted(self) -> bool:

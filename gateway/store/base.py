@@ -9,9 +9,12 @@ prelude (Redis runs each script alone), and a script may name ``TERMINAL`` in a 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
+import logging
 import re
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
@@ -23,6 +26,8 @@ from redis.exceptions import NoScriptError
 
 from gateway.core.events import TERMINAL_STATUS
 from gateway.store.cluster import with_retry
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RAW: dict[str, Any] = {"NEVER_DECODE": []}  # redis-py option: do not decode the reply
@@ -85,6 +90,84 @@ class RawScript(Script):
             )
 
 
+class Batch:
+    """Concurrent single commands coalesced into one pipeline per event-loop tick.
+
+    Thousands of idle streams re-check their session's head and refresh their consumer's TTL
+    on every heartbeat; one command each would need a pooled connection each, at the same
+    instant. :meth:`call` queues the command and returns a future; every command queued
+    during one turn of the loop goes out in one non-transactional pipeline (chunks of
+    :data:`MAX` commands), so a round of heartbeats holds a few connections, not one per
+    viewer. Replies (or per-command errors) resolve each caller's future.
+
+    On a Redis Cluster the commands of one pipeline may live on different nodes, and a
+    cluster pipeline re-routes and retries differently; there each call stays a plain
+    command (correctness first).
+    """
+
+    MAX = 1000
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.clustered = isinstance(redis, RedisCluster)
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    def call(self, *args: Any) -> Awaitable[Any]:
+        """Run one command (its reply decoded like ``execute_command``'s) with the others
+        queued in this loop turn. Start it now, await it later: queue several, then await."""
+        if self.clustered:
+            return asyncio.ensure_future(self.redis.execute_command(*args))  # type: ignore[no-untyped-call]
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((args, fut))
+        return fut
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for i in range(0, len(pending), self.MAX):
+            task = asyncio.create_task(self._run(pending[i : i + self.MAX]))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _run(self, items: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for args, _ in items:
+                    pipe.execute_command(*args)
+                replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            for _, fut in items:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+                    fut.exception()  # retrieved: a caller that stopped at an earlier error
+                    # (the touch queued before a failed head read) must not log it again
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, fut), reply in zip(items, replies, strict=True):
+            if fut.done():
+                continue  # its caller went away
+            if isinstance(reply, Exception):
+                fut.set_exception(reply)
+                fut.exception()
+            else:
+                fut.set_result(reply)
+
+
+_BATCHES: weakref.WeakKeyDictionary[Redis, Batch] = weakref.WeakKeyDictionary()
+
+
+def batch_of(redis: Redis) -> Batch:
+    """The client's shared :class:`Batch` (one per client, so every family coalesces)."""
+    b = _BATCHES.get(redis)
+    if b is None:
+        b = _BATCHES[redis] = Batch(redis)
+    return b
+
+
 class Family:
     """Base of a key-family module: the client, the prefix, and how to reach Redis.
 
@@ -99,6 +182,7 @@ class Family:
         self.clustered = isinstance(redis, RedisCluster)
         self.publish_command = "SPUBLISH" if self.clustered else "PUBLISH"
         self._retry_budget = float(getattr(redis, "retry_budget_s", 0.0))
+        self.batch = batch_of(redis)
 
     @property
     def global_tag(self) -> str:

@@ -5,7 +5,7 @@ Take-overs of a connection go out as ``K`` frames on the session's live channel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -101,9 +101,11 @@ class Consumers(Family):
         """The token of the consumer's latest attachment (None once it is gone)."""
         return await resolved(self.redis.hget(self.key(sid, cid), "token"))
 
-    async def touch(self, sid: str, cid: str, ttl_s: float) -> None:
-        """Refresh the consumer's TTL while its stream is attached."""
-        await resolved(self.redis.pexpire(self.key(sid, cid), int(ttl_s * 1000)))
+    def touch(self, sid: str, cid: str, ttl_s: float) -> Awaitable[Any]:
+        """Refresh the consumer's TTL while its stream is attached. Batched with the other
+        streams' heartbeat commands (store.base.Batch): sent once awaited or at the loop's
+        next turn, whichever comes first, so a caller may queue more before awaiting."""
+        return self.batch.call("PEXPIRE", self.key(sid, cid), int(ttl_s * 1000))
 
     async def delete(self, sid: str, cid: str) -> bool:
         """Delete the consumer; True if it existed."""

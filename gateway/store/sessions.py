@@ -203,7 +203,8 @@ class SessionLog(Family):
 
     async def head(self, sid: str) -> tuple[str | None, int]:
         """(epoch, last seq) from the metadata alone; (None, 0) for an unknown session."""
-        epoch, seq = await resolved(self.redis.hmget(self.key(sid, "meta"), ["epoch", "seq"]))
+        # Batched: every idle stream re-checks its head on each heartbeat (store.base.Batch).
+        epoch, seq = await self.batch.call("HMGET", self.key(sid, "meta"), "epoch", "seq")
         return epoch, int(seq or 0)
 
     # --- approvals and cancel flags -----------------------------------------------------------
