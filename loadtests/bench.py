@@ -58,8 +58,15 @@ LABEL = {
     "xread": "XREAD per viewer",
     "channels": "Litestar channels",
     "raw": "raw ASGI writer",
+    "resumable-stream": "resumable-stream",
 }
-COLOR = {"gateway": "#1f77b4", "xread": "#d62728", "channels": "#2ca02c", "raw": "#7f7f7f"}
+COLOR = {
+    "gateway": "#1f77b4",
+    "xread": "#d62728",
+    "channels": "#2ca02c",
+    "raw": "#7f7f7f",
+    "resumable-stream": "#9467bd",
+}
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,21 @@ class Config:
     publish_repeats: int = 2
     repeats: int = 3  # latency and fan-out runs (median reported)
     settle: float = 2.0
+    # peers phase (loadtests/bench_peers.py)
+    peer_events: int = 20_000
+    peer_streams: int = 4
+    peer_backlog: int = 1000
+    peer_reps: int = 5
+    # live, cores and scale phases (loadtests/bench_scale.py)
+    live_viewers: int = 10_000
+    live_sessions: int = 1000
+    live_rate: float = 1000.0
+    live_seconds: float = 10.0
+    live_procs: int = 4
+    cores_viewers: int = 100
+    cores_seconds: float = 8.0
+    scale_counts: tuple[int, ...] = (1000, 5000, 10_000, 19_000)
+    scale_heartbeat: float = 5.0
 
 
 FULL = Config()
@@ -100,7 +122,23 @@ QUICK = Config(
     publish_repeats=1,
     repeats=1,
     settle=0.3,
+    peer_events=2000,
+    peer_backlog=200,
+    peer_reps=2,
+    live_viewers=200,
+    live_sessions=20,
+    live_rate=200.0,
+    live_seconds=1.0,
+    live_procs=2,
+    cores_viewers=20,
+    cores_seconds=1.0,
+    scale_counts=(200, 500),
+    scale_heartbeat=1.0,
 )
+PHASES = ("systems", "peers", "live", "cores", "scale")
+QUICK_PHASES = ("systems", "peers")  # the others hold thousands of sockets for minutes
+PEERS = ("resumable-stream",)
+PREFIX = {"peers": "peer_", "live": "live_", "cores": "cores_", "scale": "scale_"}
 
 
 # --- processes -----------------------------------------------------------------------------
@@ -1030,9 +1068,13 @@ def readme(results: dict[str, Any], data: dict[str, Any], cfg: Config, out: Path
         "connection (`GET …/connections/{id}/events`, its offset stored in Redis), the "
         "baselines resume by `Last-Event-ID`.\n"
     )
-    for name in data["plots"]:
-        add(f"![{name}]({name})\n")
+    from loadtests import bench_extra
 
+    for name in data["plots"]:
+        if name not in bench_extra.PLOTS:  # those go with their own sections
+            add(f"![{name}]({name})\n")
+
+    L.extend(bench_extra.readme_sections(results, data, cfg))
     add("## Targets\n")
     add("| target | where | measured | limit | result |")
     add("| --- | --- | ---: | ---: | --- |")
@@ -1156,8 +1198,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--systems",
-        default=",".join((*SYSTEMS, "raw")),
-        help="comma-separated subset (development: no README, plots or targets)",
+        default=",".join((*SYSTEMS, "raw", *PEERS)),
+        help="comma-separated subset of gateway, xread, channels, raw, resumable-stream "
+        "(a subset of the first four: development, no README, plots or targets)",
+    )
+    parser.add_argument(
+        "--phases",
+        help="comma-separated subset of " + ", ".join(PHASES) + " (default: all; with "
+        "--quick: " + ",".join(QUICK_PHASES) + "). Without 'systems', the new results are "
+        "merged into --out's results.json when there is one, and the report re-rendered",
     )
     parser.add_argument(
         "--fanout-viewers", type=int, help="development: override the fan-out viewer count"
@@ -1167,20 +1216,34 @@ def main() -> None:
         action="store_true",
         help="re-render README.md and the plots from --out's results.json (no measuring)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="development: override a Config field (e.g. live_viewers=2000, "
+        "scale_counts=1000:5000)",
+    )
     args = parser.parse_args()
     if args.report_only:
         data = json.loads((args.out / "results.json").read_text())
-        cfg = Config(**{k: tuple(v) if isinstance(v, list) else v
-                        for k, v in data["meta"]["config"].items()})  # fmt: skip
-        report(data, cfg, args.out)
+        report(data, load_config(data), args.out)
         return
     cfg = QUICK if args.quick else FULL
     if args.fanout_viewers:
         cfg = replace(cfg, fanout_viewers=args.fanout_viewers)
+    cfg = override(cfg, args.set)
     systems = args.systems.split(",")
+    phases = args.phases.split(",") if args.phases else list(QUICK_PHASES if args.quick else PHASES)
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        sys.exit(f"unknown phases {sorted(unknown)}: choose from {', '.join(PHASES)}")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every process
-    need = cfg.idle_viewers[-1] * 2 + 200
+    need = max(
+        cfg.idle_viewers[-1] * 2 + 200 if "systems" in phases else 0,
+        cfg.live_viewers + 500 if "live" in phases else 0,
+    )
     if hard < need:
         sys.exit(f"RLIMIT_NOFILE hard limit {hard} < {need}: raise it (ulimit -Hn)")
     out: Path = args.out
@@ -1193,39 +1256,102 @@ def main() -> None:
     run = Run(cfg, viewers, publisher, out / "profiles" if args.profile else None)
     results: dict[str, Any] = {}
     try:
-        for system in systems:
-            results[system] = bench_system(run, system)
+        results.update(run_phases(run, phases, systems))
     finally:
         viewers.stop()
         publisher.stop()
-    if set(systems) != {*SYSTEMS, "raw"}:
+    command = "python -m loadtests.bench" + "".join(f" {a}" for a in sys.argv[1:])
+    meta = {
+        "command": command,
+        "quick": args.quick,
+        "started": dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "duration_s": time.time() - started,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "machine": m,
+        "machine_text": describe(m),
+        "config": asdict(cfg),
+        "phases": phases,
+    }
+    complete = {*SYSTEMS, "raw"} <= set(results)
+    if "systems" in phases and not complete:
         print(json.dumps(results, indent=1, default=str)[:20000])
         return
-    command = "python -m loadtests.bench" + (" --quick" if args.quick else "")
-    data: dict[str, Any] = {
-        "meta": {
-            "command": command,
-            "quick": args.quick,
-            "started": dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "duration_s": time.time() - started,
-            "load_before": load_before,
-            "load_after": os.getloadavg(),
-            "machine": m,
-            "machine_text": describe(m),
-            "config": asdict(cfg),
-        },
-        "results": results,
-    }
-    report(data, cfg, out)
+    if not complete:
+        previous = out / "results.json"
+        if not previous.exists():
+            print(json.dumps(results, indent=1, default=str)[:20000])
+            print(f"(no {previous} to merge into: no report written)")
+            return
+        data = json.loads(previous.read_text())
+        data["results"].update(results)
+        data["meta"].setdefault("later_phases", []).append(meta)
+        # The merged phases' counts (e.g. --set) are kept in the config the report reads.
+        old = data["meta"]["config"]
+        prefixes = tuple(PREFIX[p] for p in phases if p in PREFIX)
+        for key, value in asdict(cfg).items():
+            if key.startswith(prefixes) or key not in old:
+                old[key] = value
+        report(data, load_config(data), out)
+        return
+    report({"meta": meta, "results": results}, cfg, out)
+
+
+def run_phases(run: Run, phases: list[str], systems: list[str]) -> dict[str, Any]:
+    """The selected phases, in order; each returns its results under its own key."""
+    from loadtests import bench_peers, bench_scale
+
+    results: dict[str, Any] = {}
+    if "systems" in phases:
+        for system in systems:
+            if system in (*SYSTEMS, "raw"):
+                results[system] = bench_system(run, system)
+    if "peers" in phases and {"gateway", *PEERS} & set(systems):
+        results["peers"] = bench_peers.peers(run, systems)
+    if "live" in phases:
+        results["live"] = bench_scale.live(run)
+    if "cores" in phases:
+        results["cores"] = bench_scale.cores(run)
+    if "scale" in phases:
+        scale = bench_scale.scale(run)
+        if scale is not None:
+            results["scale"] = scale
+    return results
+
+
+def load_config(data: dict[str, Any]) -> Config:
+    """The Config of a results.json (fields it lacks keep their defaults)."""
+    known = {f for f in Config.__dataclass_fields__}
+    return Config(**{k: tuple(v) if isinstance(v, list) else v
+                     for k, v in data["meta"]["config"].items() if k in known})  # fmt: skip
+
+
+def override(cfg: Config, pairs: list[str]) -> Config:
+    """``--set FIELD=VALUE`` (tuples as ``a:b:c``), typed like the field's default."""
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in Config.__dataclass_fields__:
+            sys.exit(f"--set: no Config field {key!r}")
+        current = getattr(cfg, key)
+        if isinstance(current, tuple):
+            changes[key] = tuple(int(v) for v in value.split(":"))
+        else:
+            changes[key] = type(current)(value)
+    return replace(cfg, **changes)
 
 
 def report(data: dict[str, Any], cfg: Config, out: Path) -> None:
     """Derive metrics, targets and ratios; write results.json, the plots and README.md."""
+    from loadtests import bench_extra
+
     results = data["results"]
-    data["metrics"] = flat_metrics(results, cfg)
-    data["targets"] = targets(data["metrics"], cfg)
+    data["metrics"] = flat_metrics(results, cfg) | bench_extra.metrics(results, cfg)
+    data["targets"] = targets(data["metrics"], cfg) + bench_extra.targets(data["metrics"], cfg)
     data["ratios"] = ratios(data["metrics"], cfg)
+    data["peer_ratios"] = bench_extra.peer_ratios(results, cfg)
     data["plots"] = plots(results, cfg, out, data["meta"]["machine_text"])
+    data["plots"] += bench_extra.plots(results, cfg, out, data["meta"]["machine_text"])
     (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     (out / "README.md").write_text(readme(results, data, cfg, out))
     print_table(data)
@@ -1233,4 +1359,7 @@ def report(data: dict[str, Any], cfg: Config, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as ``loadtests.bench`` so that the phase modules, which import it, share this module.
+    from loadtests.bench import main as _main
+
+    _main()
