@@ -17,7 +17,7 @@ PLOTS = ("peers.png", "scale-memory.png", "scale-latency.png")
 
 
 def _fmt(value: float, unit: str = "") -> str:
-    from loadtests.bench import fmt
+    from loadtests.bench_report import fmt
 
     return fmt(value, unit)
 
@@ -184,6 +184,13 @@ def peer_ratios(results: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
 def readme_sections(results: dict[str, Any], data: dict[str, Any], cfg: Config) -> list[str]:
     L: list[str] = []
     add = L.append
+    for later in data["meta"].get("later_phases", []):
+        add(
+            f"Phases {', '.join(later['phases'])}: measured later and merged into these "
+            f"results (`{later['command']}`, {later['started']}, {later['duration_s']:.0f} s; "
+            f"load average {later['load_before'][0]:.2f} → {later['load_after'][0]:.2f}; "
+            f"{later['machine_text']}).\n"
+        )
     rows = data.get("peer_ratios") or []
     if rows:
         node = results["peers"][RS].get("node", "")
@@ -422,29 +429,45 @@ def plots(results: dict[str, Any], cfg: Config, out: Path, desc: str) -> list[st
 
     lat = (results.get("gateway") or {}).get("latency") or {}
     if live or levels:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for key, style in (("p50_ms", "o-"), ("p99_ms", "s-")):
+        fig, axes = plt.subplots(1, 2 if levels else 1, figsize=(11 if levels else 6.5, 4.2))
+        ax0 = axes[0] if levels else axes
+        for key, style, color in (("p50_ms", "o", "#1f77b4"), ("p99_ms", "s", "#ff7f0e")):
+            name = key.replace("_ms", "")
             pts = sorted((int(v), r[key]) for v, r in lat.items())
-            if live:
-                pts.append((live["viewers"], live[key]))
             if pts:
-                axes[0].plot(*zip(*pts, strict=True), style, label=key.replace("_ms", ""))
-        axes[0].axhline(50, color="black", ls=":", lw=1, label="target p99 ≤ 50 ms (10k live)")
-        axes[0].set_xscale("log")
-        axes[0].set_yscale("log")
-        axes[0].set_xlabel("live viewers (≤1,000: systems phase; above: live phase)")
-        axes[0].set_ylabel("publish→SSE latency (ms)")
-        axes[0].set_title("latency against viewers")
+                ax0.plot(
+                    *zip(*pts, strict=True),
+                    style + "-",
+                    color=color,
+                    label=f"{name}, systems phase",
+                )
+            if live:
+                ax0.plot(
+                    [live["viewers"]],
+                    [live[key]],
+                    style,
+                    color=color,
+                    markersize=10,
+                    markeredgecolor="black",
+                    label=f"{name}, live phase",
+                )
+        ax0.axhline(50, color="black", ls=":", lw=1, label="target p99 ≤ 50 ms (10k live)")
+        ax0.set_xscale("log")
+        ax0.set_yscale("log")
+        ax0.set_xlabel("live viewers on one gateway process")
+        ax0.set_ylabel("publish→SSE latency (ms)")
+        ax0.set_title("latency against viewers")
+        ax0.grid(True, which="both", alpha=0.3)
+        ax0.legend(fontsize=7)
         if levels:
             xs = [lv["viewers"] for lv in levels]
             axes[1].plot(xs, [lv["hb_late_p99_ms"] for lv in levels], "o-", label="p99")
             axes[1].plot(xs, [lv["hb_late_max_ms"] for lv in levels], "^-", label="max")
             axes[1].axhline(1000, color="black", ls=":", lw=1, label="target p99 ≤ 1 s")
-        axes[1].set_xlabel("idle viewers on one gateway process")
-        axes[1].set_ylabel("heartbeat lateness (ms)")
-        axes[1].set_title("heartbeats against viewers")
-        for ax in axes:
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+            axes[1].set_xlabel("idle viewers on one gateway process")
+            axes[1].set_ylabel("heartbeat lateness (ms)")
+            axes[1].set_title("heartbeats against viewers")
+            axes[1].grid(True, alpha=0.3)
+            axes[1].legend(fontsize=7)
         finish(fig, "scale-latency.png")
     return names

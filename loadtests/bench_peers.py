@@ -119,7 +119,7 @@ def _reattach_summary(reps: list[dict[str, Any]], backlog: int) -> dict[str, Any
 
 
 def _gateway(run: Run, redis: RedisServer) -> dict[str, Any]:
-    from loadtests.bench import Server
+    from loadtests.bench_procs import Server
 
     cfg = run.cfg
     out: dict[str, Any] = {}

@@ -56,7 +56,7 @@ def nofile_note() -> dict[str, Any]:
 
 
 def live(run: Run) -> dict[str, Any]:
-    from loadtests.bench import Child, Server
+    from loadtests.bench_procs import Child, Server
 
     cfg = run.cfg
     run.say(
