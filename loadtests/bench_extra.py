@@ -282,7 +282,13 @@ def readme_sections(results: dict[str, Any], data: dict[str, Any], cfg: Config) 
             + (
                 f" A straight line through the measured levels gives "
                 f"{ex['slope_kib_per_viewer']:.1f} KiB per viewer and "
-                f"{ex['rss_mib']:,.0f} MiB of RSS at 50,000 (extrapolated, not measured)."
+                f"{ex['rss_mib']:,.0f} MiB of RSS at 50,000"
+                + (
+                    f", {ex['rss_per_viewer_kib']:.1f} KiB per viewer above the empty process"
+                    if ex.get("rss_per_viewer_kib")
+                    else ""
+                )
+                + " (extrapolated, not measured)."
                 if ex
                 else ""
             )
@@ -383,6 +389,15 @@ def plots(results: dict[str, Any], cfg: Config, out: Path, desc: str) -> list[st
                     color=COLOR["gateway"],
                     label="extrapolated",
                 )
+                if ex.get("rss_per_viewer_kib"):
+                    axes[0].plot(
+                        [ex["viewers"]],
+                        [ex["rss_per_viewer_kib"]],
+                        "o",
+                        mfc="none",
+                        color=COLOR["gateway"],
+                        label="50,000 (extrapolated)",
+                    )
         idle = (results.get("gateway") or {}).get("idle") or {}
         pts = [(int(k), v["rss_per_viewer_kib"]) for k, v in idle.items() if k.isdigit()]
         if pts:
@@ -419,6 +434,8 @@ def plots(results: dict[str, Any], cfg: Config, out: Path, desc: str) -> list[st
                     label=f"RLIMIT_NOFILE {hard:,}: one process's limit here",
                 )
             ax.set_xlabel("viewers on one gateway process")
+            ax.set_xlim(0, 52_000)  # the target's range: 1k to 50k viewers
+            ax.axvline(50_000, color="black", ls=":", lw=1)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
         axes[0].set_ylabel("RSS per viewer (KiB)")

@@ -444,6 +444,14 @@ def print_table(data: dict[str, Any]) -> None:
             for s in ("xread", "channels")
         )
         print(f"gateway {r['metric']:<42} {cells}")
+    for r in data.get("peer_ratios", []):
+        if r["ratio"] is None:
+            print(f"resumable-stream: {r['metric']}: {r.get('resumable-stream_text', '-')}")
+        else:
+            print(
+                f"gateway {r['metric']:<52} {fmt(r['gateway'], r['unit']):>12}  vs "
+                f"resumable-stream {fmt(r['resumable-stream'], r['unit']):>12}  {r['ratio']:.2f}x"
+            )
 
 
 def report(data: dict[str, Any], cfg: Config, out: Path) -> None:

@@ -299,11 +299,11 @@ def scale(run: Run) -> dict[str, Any] | None:
         result: dict[str, Any] = probe.run_scale(counts, cfg.scale_heartbeat, Path(tmp))
     result = dict(result)
     result.update(nofile_note())
-    result["extrapolated"] = extrapolate(result.get("levels") or [])
+    result["extrapolated"] = extrapolate(result.get("levels") or [], result.get("baseline_rss"))
     return result
 
 
-def extrapolate(levels: list[dict[str, Any]]) -> dict[str, Any] | None:
+def extrapolate(levels: list[dict[str, Any]], baseline: int | None) -> dict[str, Any] | None:
     """RSS at ``TARGET_VIEWERS`` from a least-squares line through the measured levels
     (RSS against viewers): what one process would need, had it the file descriptors."""
     pts = [(lv["viewers"], lv["rss"]) for lv in levels if "rss" in lv and lv.get("viewers")]
@@ -319,5 +319,6 @@ def extrapolate(levels: list[dict[str, Any]]) -> dict[str, Any] | None:
         "viewers": TARGET_VIEWERS,
         "slope_kib_per_viewer": slope / 1024,
         "rss_mib": rss / 2**20,
+        "rss_per_viewer_kib": (rss - baseline) / TARGET_VIEWERS / 1024 if baseline else None,
         "from_levels": [x for x, _ in pts],
     }
