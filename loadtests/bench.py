@@ -572,7 +572,9 @@ def main() -> None:
             return
         data = json.loads(previous.read_text())
         data["results"].update(results)
-        data["meta"].setdefault("later_phases", []).append(meta)
+        earlier = data["meta"].get("later_phases", [])  # minus those this run replaces
+        keep = [e for e in earlier if not set(e["phases"]) <= set(phases)]
+        data["meta"]["later_phases"] = [*keep, meta]
         # The merged phases' counts (e.g. --set) are kept in the config the report reads.
         old = data["meta"]["config"]
         prefixes = tuple(PREFIX[p] for p in phases if p in PREFIX)
