@@ -237,6 +237,10 @@ def readme_sections(results: dict[str, Any], data: dict[str, Any], cfg: Config) 
             f"**{live['p99_ms']:.2f} ms**, p99.9 {live['p999_ms']:.2f} ms, max "
             f"{live['max_ms']:.1f} ms over {live['n']:,} deliveries (missing "
             f"{live['missing']}, gaps {live['gaps']}, duplicates {live['duplicates']}); "
+            f"viewers refused at open {live.get('failed_opens', 0):,}"
+            + (f" (e.g. `{live['open_errors'][0]}`)" if live.get("open_errors") else "")
+            + f", streams ended by the server {live.get('ended_streams', 0):,}, "
+            f"'No connection available' in its log {live.get('log_no_connection', 0):,} times; "
             f"server CPU {live['server_cpu']:.0%}, RSS +{live['rss_per_viewer_kib']:.1f} KiB "
             f"per viewer, {live['redis_clients']} Redis connections.\n"
         )

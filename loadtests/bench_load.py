@@ -183,6 +183,7 @@ async def _open(group: Group, cmd: dict[str, Any]) -> dict[str, Any]:
         "opened": len(cmd["paths"]) - len(failed),
         "failed": len(failed),
         "errors": failed[:5],
+        "failed_paths": [f.split(": ", 1)[0] for f in failed] if cmd.get("report_failed") else [],
         "seconds": time.perf_counter() - start,
         "viewers": len(group.viewers),
     }
@@ -208,6 +209,8 @@ async def _collect(group: Group, cmd: dict[str, Any]) -> dict[str, Any]:
     )
     out = {
         "viewers": len(group.viewers),
+        # streams the server ended before the orchestrator closed them
+        "ended": sum(v.closed.done() for v in group.viewers),
         "received": group.total,
         "expected": expected,
         "missing": max(0, expected - group.total) if expected is not None else None,

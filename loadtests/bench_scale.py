@@ -92,13 +92,18 @@ def live(run: Run) -> dict[str, Any]:
                     source=f"127.0.0.{2 + k}",
                     concurrency=50,
                     timeout=120,
+                    report_failed=True,
                 )
             opened = [child._read(600) for child in children]
             open_s = time.perf_counter() - t0
+            # A viewer the gateway refused is reported, not fatal: the rest are measured.
             failed = sum(o["failed"] for o in opened)
+            open_errors = [e for o in opened for e in o["errors"]][:5]
+            for share, o in zip(shares, opened, strict=True):
+                for path in o["failed_paths"]:
+                    share.remove(path.split("/")[3])
             if failed:
-                errors = [e for o in opened for e in o["errors"]][:5]
-                raise RuntimeError(f"live: {failed} viewers failed to open: {errors}")
+                run.say(f"  {failed:,} viewers failed to open, e.g. {open_errors[:2]}")
             time.sleep(cfg.settle)
             rss_open = server.rss()
             clients = server.redis_clients()
@@ -113,7 +118,7 @@ def live(run: Run) -> dict[str, Any]:
             cpu = (server.cpu() - cpu0) / pub["seconds"]
             rss_live = server.rss()
             lat: list[float] = []
-            received = missing = gaps = dups = 0
+            received = missing = gaps = dups = ended = 0
             for child, share in zip(children, shares, strict=True):
                 expected = sum(pub["per_session"][s] for s in share)
                 res = child.call(
@@ -130,6 +135,7 @@ def live(run: Run) -> dict[str, Any]:
                 missing += res["missing"] or 0
                 gaps += res["gaps"]
                 dups += res["duplicates"]
+                ended += res["ended"]
             lat.sort()
             run.publisher.call(cmd="finish", sessions=sessions, timeout=120)
             out.update(
@@ -140,6 +146,9 @@ def live(run: Run) -> dict[str, Any]:
                     "seconds": cfg.live_seconds,
                     "load_processes": cfg.live_procs,
                     "open_seconds": open_s,
+                    "failed_opens": failed,
+                    "open_errors": open_errors,
+                    "ended_streams": ended,
                     "published": pub["published"],
                     "publisher_max_lag_s": pub["max_lag_s"],
                     "received": received,
@@ -157,15 +166,17 @@ def live(run: Run) -> dict[str, Any]:
                     "rss_before": rss0,
                     "rss_open": rss_open,
                     "rss_live": rss_live,
-                    "rss_per_viewer_kib": (rss_live - rss0) / cfg.live_viewers / 1024,
+                    "rss_per_viewer_kib": (rss_live - rss0)
+                    / max(1, cfg.live_viewers - failed)
+                    / 1024,
                     "redis_clients": clients,
                 }
             )
         finally:
             server.stop()
-            out["server_log_problems"] = sum(
-                "Traceback" in ln or "ERROR" in ln for ln in server.log.splitlines()
-            )
+            lines = server.log.splitlines()
+            out["server_log_problems"] = sum("Traceback" in ln or "ERROR" in ln for ln in lines)
+            out["log_no_connection"] = sum("No connection available" in ln for ln in lines)
     finally:
         for child in children:
             child.stop()
@@ -174,7 +185,8 @@ def live(run: Run) -> dict[str, Any]:
     run.say(
         f"  live {cfg.live_viewers:,} viewers: p50 {out['p50_ms']:.2f} ms, p99 "
         f"{out['p99_ms']:.2f} ms (n={out['n']:,}, missing {out['missing']}, gaps "
-        f"{out['gaps']}, dups {out['duplicates']}), server cpu {out['server_cpu']:.0%}, "
+        f"{out['gaps']}, dups {out['duplicates']}, failed opens {out['failed_opens']}, ended "
+        f"{out['ended_streams']}), server cpu {out['server_cpu']:.0%}, "
         f"RSS +{out['rss_per_viewer_kib']:.1f} KiB/viewer, Redis clients {out['redis_clients']},"
         f" publisher lag max {out['publisher_max_lag_s'] * 1000:.0f} ms"
     )
