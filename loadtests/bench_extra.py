@@ -253,7 +253,9 @@ def readme_sections(results: dict[str, Any], data: dict[str, Any], cfg: Config) 
             f"({cores['cpus']} CPUs, shared with the load generator, the publisher and "
             f"redis-server): {cores['1']['deliveries_per_s']:,.0f} → "
             f"{cores['2']['deliveries_per_s']:,.0f} deliveries/s, **{cores['ratio']:.2f}x** "
-            f"(server CPU {cores['1']['server_cpu']:.0%} → {cores['2']['server_cpu']:.0%}).\n"
+            f"(server CPU {cores['1']['server_cpu']:.0%} → {cores['2']['server_cpu']:.0%}; "
+            f"published {cores['1']['publish_rate']:,.0f} and {cores['2']['publish_rate']:,.0f} "
+            f"events/s, so a viewer that kept up would get that many deliveries/s).\n"
         )
     scale = results.get("scale")
     if scale and scale.get("levels"):
