@@ -160,6 +160,9 @@ async def _open(group: Group, cmd: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     host, port, mode = cmd["host"], cmd["port"], cmd.get("mode", "check")
     headers = cmd.get("headers") or {}
+    # ``source``: a loopback source address (127.0.0.x) of this process's sockets, so that
+    # many viewers do not run out of ephemeral ports towards one server port.
+    local = (cmd["source"], 0) if cmd.get("source") else None
     sem = asyncio.Semaphore(cmd.get("concurrency", 100))
     failed: list[str] = []
     start = time.perf_counter()
@@ -168,7 +171,7 @@ async def _open(group: Group, cmd: dict[str, Any]) -> dict[str, Any]:
         async with sem:
             viewer = Viewer(group, _request(host, port, path, headers), mode)
             try:
-                await loop.create_connection(lambda: viewer, host, port)
+                await loop.create_connection(lambda: viewer, host, port, local_addr=local)
                 await asyncio.wait_for(viewer.ready, cmd.get("timeout", 60))
                 group.viewers.append(viewer)
             except (OSError, TimeoutError) as exc:
@@ -180,6 +183,7 @@ async def _open(group: Group, cmd: dict[str, Any]) -> dict[str, Any]:
         "opened": len(cmd["paths"]) - len(failed),
         "failed": len(failed),
         "errors": failed[:5],
+        "failed_paths": [f.split(": ", 1)[0] for f in failed] if cmd.get("report_failed") else [],
         "seconds": time.perf_counter() - start,
         "viewers": len(group.viewers),
     }
@@ -205,6 +209,8 @@ async def _collect(group: Group, cmd: dict[str, Any]) -> dict[str, Any]:
     )
     out = {
         "viewers": len(group.viewers),
+        # streams the server ended before the orchestrator closed them
+        "ended": sum(v.closed.done() for v in group.viewers),
         "received": group.total,
         "expected": expected,
         "missing": max(0, expected - group.total) if expected is not None else None,
@@ -223,6 +229,8 @@ async def _collect(group: Group, cmd: dict[str, Any]) -> dict[str, Any]:
             "quantiles": [pct(lat, q) for q in range(101)] if lat else [],
         },
     }
+    if cmd.get("samples"):  # every latency (ms, rounded to µs): merged across processes
+        out["samples"] = [round(x, 3) for x in lat]
     await _close(group)
     return out
 
@@ -510,7 +518,7 @@ class PublisherProc:
         assert self.pub is not None
         pub, how, n = self.pub, cmd["how"], cmd["events"]
         sessions = [f"{cmd['prefix']}-{k}" for k in range(cmd.get("sessions", 100))]
-        if pub.system == "gateway" and how in ("batch", "single"):
+        if pub.system == "gateway" and how in ("batch", "single") and not cmd.get("prepared"):
             for sid in sessions:  # as a worker would have: the run started, session indexed
                 await pub.publisher.publish(sid, "run.started", {"input": "bench"}, run_id="r1")
         size = cmd.get("batch", 100)

@@ -1,5 +1,6 @@
 """``python -m loadtests.bench --quick``: the benchmark runs end to end on real processes and
-writes every metric. Targets are not asserted here (timed asserts are flaky on a shared
+writes every metric, the resumable-stream peer included (it needs Node and npm: without them
+the run fails, it is not skipped). Targets are not asserted here (timed asserts are flaky on a shared
 machine); the full run documents them in docs/benchmarks/README.md."""
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ pytestmark = pytest.mark.skipif(
 )
 pytest.importorskip("matplotlib", reason="pip install -e '.[bench]'")
 
-PLOTS = ("latency.png", "latency-cdf.png", "fanout.png", "idle.png", "reattach.png", "publish.png")
+PLOTS = (
+    "latency.png",
+    "latency-cdf.png",
+    "fanout.png",
+    "idle.png",
+    "reattach.png",
+    "publish.png",
+    "peers.png",
+)
 
 
 def test_quick_bench_writes_every_metric(tmp_path: Path) -> None:
@@ -58,6 +67,23 @@ def test_quick_bench_writes_every_metric(tmp_path: Path) -> None:
         "gateway.fanout.ratio_to_raw",
     ):
         assert name in metrics
+    for s in ("gateway", "resumable-stream"):
+        for name in (
+            "publish_events_per_s",
+            "publish_followed_events_per_s",
+            "reattach_running.first_ms",
+            "reattach_running.all_ms",
+            "reattach_running.events_per_s",
+        ):
+            assert f"peers.{s}.{name}" in metrics
+    peers = data["results"]["peers"]
+    for s in ("gateway", "resumable-stream"):
+        r = peers[s]["reattach_running"]
+        assert (r["gaps"], r["duplicates"]) == (0, 0), (s, r)
+    # After the stream ended the gateway replays it; resumable-stream's answer is recorded.
+    assert peers["gateway"]["reattach_ended"]["status"] == 200
+    assert peers["resumable-stream"]["reattach_ended"]["answer"]
+    assert len(data["peer_ratios"]) == 6
     bad = {
         k: v
         for k, v in metrics.items()
