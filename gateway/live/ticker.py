@@ -46,9 +46,6 @@ class Ticker:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_tick: int | None = None
 
-    def __len__(self) -> int:
-        return sum(len(b) for b in self._buckets.values())
-
     def call_at(self, deadline: float, callback: Callable[[], object]) -> Alarm:
         """Ring ``callback`` once ``loop.time() >= deadline`` (within one resolution)."""
         alarm = Alarm(deadline, callback)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import logging
 import re
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,8 +25,6 @@ from redis.exceptions import NoScriptError
 
 from gateway.core.events import TERMINAL_STATUS
 from gateway.store.cluster import with_retry
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RAW: dict[str, Any] = {"NEVER_DECODE": []}  # redis-py option: do not decode the reply

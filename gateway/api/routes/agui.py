@@ -215,9 +215,8 @@ async def agui_attach(call: CallDep, request: Request[Any, Any, Any]) -> Stream:
     consumer: Consumer | None = None
     if cid:
         start, consumer = await attach(call, cid, cursor)
-        meta = await rt.meta_or_create(sid)
-    else:
-        meta = await rt.meta_or_create(sid)
+    meta = await rt.meta_or_create(sid)
+    if not cid:
         start = resolve(meta, cursor or "start")
     encoder = AguiEncoder(sid)
     preamble = await prime(rt.store.sessions, meta, start, encoder)
