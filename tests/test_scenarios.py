@@ -135,7 +135,10 @@ async def test_s05_bad_cursors_get_4xx_or_reset(gateways, publisher, client, sid
     other = "t-other-" + sid
     other_offs = await deltas(publisher, other, 3)
     epoch = offs[0].split("_")[0]
-    for bad in ["garbage", "12345", f"{epoch}_12", f"{epoch.upper()}_000000000001", ""]:
+    # Upper-case hex is not an epoch. Not epoch.upper(): an all-digit epoch stays
+    # valid upper-cased (one in 43), and its 200 stream kept this test waiting until its timeout.
+    upper = epoch[:-1] + "A"
+    for bad in ["garbage", "12345", f"{epoch}_12", f"{upper}_000000000001", ""]:
         r = await client.get(f"{a.url}/v1/sessions/{sid}/events", params={"from": bad or " "})
         assert r.status_code == 400 and r.json()["code"] == "invalid_offset", (bad, r.text)
         r = await client.post(f"{a.url}/v1/sessions/{sid}/connections", json={"from": bad or " "})
