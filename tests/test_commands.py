@@ -389,6 +389,31 @@ async def test_retried_publish_with_same_producer_sequence_is_stored_once(store,
     assert straggler.first_seq == late.first_seq + 1
 
 
+async def test_producer_window_remembers_the_newest_32_batches_in_any_arrival_order(store, sid):
+    """The publish script's idempotency window under a seeded shuffle: batches of one
+    producer arrive out of order (neighbours swapped, as pooled connections reorder them);
+    afterwards a retry of any of the 32 highest sequences returns its first result and
+    appends nothing, and the window stays bounded."""
+    import random
+
+    rng = random.Random(14)
+    ev = [("session.title", "", '{"title":"x"}', "x", "")]
+    order = list(range(1, 81))
+    for i in range(0, len(order) - 1, 2):
+        if rng.random() < 0.4:
+            order[i], order[i + 1] = order[i + 1], order[i]
+    first = {}
+    for q in order:
+        first[q] = await store.sessions.publish(sid, ev, maxlen=1000, producer=("pw", q))
+    stored = len(await store.sessions.read(sid, 0, 1000))
+    assert stored == 80
+    for q in range(49, 81):
+        assert await store.sessions.publish(sid, ev, maxlen=1000, producer=("pw", q)) == first[q]
+    assert len(await store.sessions.read(sid, 0, 1000)) == stored  # nothing appended
+    window = await store.redis.hget(store.sessions.key(sid, "producers"), "pw")
+    assert [int(e.split()[0]) for e in window.split(";")] == list(range(49, 81))
+
+
 async def test_stored_offset_beyond_the_log_resets_instead_of_409(gw, store, client, sid):
     """A consumer's stored offset past the log's end can only mean Redis lost events the
     viewer saw (a failover without persistence): the stream says so with a reset."""

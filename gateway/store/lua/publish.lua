@@ -35,21 +35,17 @@ local fence, pickup, command = ARGV[9], ARGV[10], ARGV[11]
 local FIRST = 12
 local WINDOW = 32
 local TERMINAL = {}  -- @terminal (filled from gateway.core.events by the loader)
-local seen = {}
-if pid ~= '' then
-  local raw = redis.call('HGET', producers, pid)
-  if raw then
-    for entry in string.gmatch(raw, '[^;]+') do
-      local q, e, f, l, ts = string.match(entry, '^(%d+) (%S+) (%d+) (%d+) (%d+)$')
-      if tonumber(q) == pseq then
-        return {'ok', e, tonumber(f), tonumber(l), tonumber(ts)}
-      end
-      seen[#seen + 1] = entry
-    end
-    -- A sequence older than the window is appended as new: concurrent publishes of one
-    -- producer can wait for a pooled connection in any order, so an old sequence is far more
-    -- likely a batch that never ran than a retry of one that did (retries are immediate).
+local window = pid ~= '' and redis.call('HGET', producers, pid) or false
+if window then
+  -- Membership by a plain substring search: the window is "pseq epoch first last ts;...".
+  local at = string.find(';' .. window, ';' .. pseq .. ' ', 1, true)
+  if at then
+    local e, f, l, ts = string.match(window, '^%d+ (%S+) (%d+) (%d+) (%d+)', at)
+    return {'ok', e, tonumber(f), tonumber(l), tonumber(ts)}
   end
+  -- A sequence older than the window is appended as new: concurrent publishes of one
+  -- producer can wait for a pooled connection in any order, so an old sequence is far more
+  -- likely a batch that never ran than a retry of one that did (retries are immediate).
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -161,13 +157,32 @@ end
 if touched then redis.call('SET', lease, 'queued', 'PX', pickup) end
 redis.call('HSET', meta, 'seq', seq, 'updated_ms', now)
 if pid ~= '' then
-  -- Keep the window ordered by producer sequence (concurrent batches may arrive out of order).
-  seen[#seen + 1] = pseq .. ' ' .. epoch .. ' ' .. first .. ' ' .. seq .. ' ' .. now
-  table.sort(seen, function(a, b)
-    return tonumber(string.match(a, '^%d+')) < tonumber(string.match(b, '^%d+'))
-  end)
-  while #seen > WINDOW do table.remove(seen, 1) end
-  redis.call('HSET', producers, pid, table.concat(seen, ';'))
+  -- Keep the window ordered by producer sequence, its newest WINDOW batches. A new sequence
+  -- almost always goes last (appended without parsing the window); concurrent batches that
+  -- arrived out of order are inserted in place.
+  local entry = pseq .. ' ' .. epoch .. ' ' .. first .. ' ' .. seq .. ' ' .. now
+  local out
+  if not window then
+    out = entry
+  else
+    local semi = string.find(window, ';[^;]*$')
+    local lastq = tonumber(string.match(window, '^%d+', semi and semi + 1 or 1))
+    if lastq < pseq then
+      out = window .. ';' .. entry
+    else
+      local seen, seqs = {}, {}
+      for e in string.gmatch(window, '[^;]+') do
+        seen[#seen + 1], seqs[#seqs + 1] = e, tonumber(string.match(e, '^%d+'))
+      end
+      local at = #seen + 1
+      while at > 1 and seqs[at - 1] > pseq do at = at - 1 end
+      table.insert(seen, at, entry)
+      out = table.concat(seen, ';')
+    end
+    local _, semis = string.gsub(out, ';', ';')
+    if semis >= WINDOW then out = string.sub(out, string.find(out, ';', 1, true) + 1) end
+  end
+  redis.call('HSET', producers, pid, out)
 end
 redis.call(ARGV[5], ARGV[3], table.concat(lines, '\n'))
 return {'ok', epoch, first, seq, now}
