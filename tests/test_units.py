@@ -7,6 +7,8 @@ import asyncio
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 
 from gateway.api.app import create_app
@@ -166,3 +168,49 @@ def test_redactor_masks_known_secret_shapes_and_keeps_prose() -> None:
         assert r.text(raw) == want, raw
     nested = r.value({"out": ["fine", {"ghp_" + "a" * 36: 1}], "n": 3})
     assert nested == {"out": ["fine", {MASK: 1}], "n": 3}
+
+
+_SECRET_PARTS = [
+    "sk-ant-" + "x" * 30, "AKIAABCDEFGHIJKLMNOP", "ghp_" + "a" * 36, "xoxb-1234567890ab",
+    "AIza" + "b" * 35, "eyJabcdefghi.eyJabcdefghi.abcdefghij", "Bearer " + "t" * 20,
+    "api_key='abcdefghij'", "-----BEGIN RSA PRIVATE KEY-----\nzz\n-----END RSA PRIVATE KEY-----",
+    "acct-123456", "hello ", "sk-", " = ", "'", "\n", "token", "SECRET: abcdefghij",
+    "Auth-Token=xyzxyzxyzxyz", "passwd=hunter2hunter2", "BEARER " + "Q" * 18, "ghs_" + "c" * 40,
+    "sk-proj-" + "y" * 24, "Access_Token: 'abcdefghijk'", "xoxp-abcdefghijkl",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_SECRET_PARTS) | st.text(max_size=12), max_size=8))
+def test_redactor_literal_shortcut_equals_every_rule_in_turn(parts: list[str]) -> None:
+    """The shortcut (the built-in patterns run only on strings holding one of their
+    literals) must mask exactly what applying every rule in turn masks; a literal missing
+    from BUILTIN_LITERALS fails this."""
+    from gateway.agent.redaction import Redactor
+
+    r = Redactor(["acct-[0-9]{6}"])
+    raw = "".join(parts)
+    want = raw
+    for pattern, repl in r.rules:
+        want = pattern.sub(repl, want)
+    assert r.text(raw) == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["SET", "CLIENT LIST", b"EVALSHA", b"XADD", "HSET"]),
+    st.lists(
+        st.text(max_size=20) | st.binary(max_size=20) | st.integers() | st.floats(allow_nan=False),
+        max_size=12,
+    ),
+)
+def test_hiredis_packing_writes_the_bytes_redis_py_writes(name: str | bytes, args: list) -> None:
+    """The store's connections pack commands with hiredis: the same bytes as redis-py's own
+    asyncio packer for every argument type a command takes."""
+    from redis.asyncio.connection import Connection
+
+    from gateway.store.client import PackedConnection
+
+    ours = b"".join(PackedConnection().pack_command(name, *args))
+    theirs = b"".join(Connection().pack_command(name, *args))
+    assert ours == theirs
