@@ -209,7 +209,7 @@ def test_hiredis_packing_writes_the_bytes_redis_py_writes(name: str | bytes, arg
     asyncio packer for every argument type a command takes."""
     from redis.asyncio.connection import Connection
 
-    from gateway.store.client import PackedConnection
+    from gateway.store.packing import PackedConnection
 
     ours = b"".join(PackedConnection().pack_command(name, *args))
     theirs = b"".join(Connection().pack_command(name, *args))

@@ -12,66 +12,20 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, cast
+from typing import cast
 
 import fakeredis
-import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import (
-    AbstractConnection,
-    Connection,
-    SSLConnection,
-    UnixDomainSocketConnection,
-)
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.settings import Settings
 from gateway.store.cluster import cluster_from_url, is_cluster_url
+from gateway.store.packing import packed
 
 _EMBEDDED_SERVER: fakeredis.FakeServer | None = None
-
-
-class _HiredisPacking:
-    """Commands packed by hiredis (C) instead of redis-py's asyncio packer (Python).
-
-    redis-py's sync client packs with hiredis when it is installed; its asyncio connection
-    does not. A publish (a script call of ~25 arguments) spent ~30 us packing, as much as
-    the script's run in Redis; hiredis packs it in ~4 us. Same bytes, same errors: this is
-    redis-py's own ``HiredisRespSerializer.pack``.
-    """
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str):  # "CLIENT LIST" and the like: one token per word
-            args = tuple(args[0].encode().split()) + args[1:]
-        elif b" " in args[0]:
-            args = tuple(args[0].split()) + args[1:]
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError as exc:
-            raise DataError(str(exc)) from exc
-
-
-class PackedConnection(_HiredisPacking, Connection):
-    """A TCP connection that packs with hiredis."""
-
-
-class PackedSSLConnection(_HiredisPacking, SSLConnection):
-    """A TLS connection that packs with hiredis."""
-
-
-class PackedUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
-    """A Unix-socket connection that packs with hiredis."""
-
-
-_PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {
-    Connection: PackedConnection,
-    SSLConnection: PackedSSLConnection,
-    UnixDomainSocketConnection: PackedUnixConnection,
-}
 
 
 def connect(settings: Settings, role: str = "gateway") -> Redis:
@@ -111,5 +65,5 @@ def connect(settings: Settings, role: str = "gateway") -> Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     # The URL's scheme chose the class (TCP, TLS or Unix socket): keep it, packing with hiredis.
-    pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
+    pool.connection_class = packed(pool.connection_class)
     return Redis(connection_pool=pool)

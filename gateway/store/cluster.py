@@ -38,6 +38,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.store.packing import packed
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -122,6 +124,7 @@ class BoundedClusterNode(ClusterNode):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._gate = asyncio.Semaphore(min(self.max_connections, 1 << 16))
+        self.connection_class = packed(self.connection_class)  # type: ignore[assignment]
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         async with self._gate:
