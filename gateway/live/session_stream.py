@@ -167,8 +167,11 @@ class EventStream:
         if self.pending_reset:
             yield self._reset_frame(self.pending_reset)
         need_catchup = True
-        first_heartbeat = True
         alarms = ticker()
+        interval = self.settings.heartbeat_interval
+        # At random in 0.5-1 x the interval: viewers attached together (a deploy, a reconnect
+        # storm) do not all beat, and re-check Redis, in the same instant.
+        next_beat = alarms.loop.time() + interval * random.uniform(0.5, 1.0)
         while True:
             if sub.kicked:
                 if not self.mux:  # a mux session just stops; the mux reports its own close
@@ -207,26 +210,28 @@ class EventStream:
                     self.metrics.events_delivered.inc(len(out))
                     yield "".join(out).encode()
                     await self._auto_commit()
+                    next_beat = alarms.loop.time() + interval  # a busy stream needs no beat
                 continue
             sub.wakeup.clear()
             if sub.events or sub.kicked or sub.overflowed or sub.draining:
                 continue
             uncommitted = self._uncommitted()
+            now = alarms.loop.time()
+            timeout = next_beat - now
             if uncommitted:
-                timeout = self.settings.auto_commit_interval
-            elif first_heartbeat:
-                # At random in 0.5-1 x the interval: viewers attached together (a deploy, a
-                # reconnect storm) do not all beat, and re-check Redis, in the same instant.
-                first_heartbeat = False
-                timeout = self.settings.heartbeat_interval * random.uniform(0.5, 1.0)
-            else:
-                timeout = self.settings.heartbeat_interval
-            if not await alarms.wait(sub.wakeup, until(timeout, self.expires)):
+                timeout = min(timeout, self.settings.auto_commit_interval)
+            if not await alarms.wait(sub.wakeup, until(max(0.0, timeout), self.expires)):
                 if expired(self.expires):
                     continue  # the loop's top ends the stream
                 if uncommitted:
                     await self._auto_commit(final=True)
                     continue
+                if alarms.loop.time() < next_beat:
+                    continue  # woken for the commit above, or early by the token's expiry
+                # Fixed rate: the next beat is due one interval after this one was *due*, so
+                # the head check's round trip and event-loop lag do not add up beat after
+                # beat. A stream that fell a whole interval behind starts afresh.
+                next_beat = max(next_beat + interval, alarms.loop.time() + interval / 2)
                 if not self.mux:  # the mux sends one heartbeat for all its sessions
                     self.metrics.heartbeats.inc()
                     yield wire.HEARTBEAT
