@@ -7,7 +7,8 @@
     python -m loadtests.bench --report-only    # re-render README.md and plots from results.json
 
 Prints a table and writes ``results.json``, PNG plots and ``README.md`` into the output
-directory. Phases (``--phases``; ``--quick`` runs ``systems`` and ``peers``):
+directory. Phases (``--phases``; ``--quick`` runs ``systems``, ``peers``
+and ``durable``):
 
 - ``systems``: each system on the same workloads with its own redis-server on a free port:
   ``gateway`` (``gateway serve --insecure``, one uvicorn process, published to with the
@@ -21,6 +22,8 @@ directory. Phases (``--phases``; ``--quick`` runs ``systems`` and ``peers``):
   publisher as fast as it goes); RSS and Redis connections at 1,000 and 5,000 idle viewers;
   reattach to a 10,000-event backlog.
 - ``peers``: the gateway against Vercel's ``resumable-stream`` (``loadtests/bench_peers.py``).
+- ``durable``: the gateway's Durable Streams endpoint (``/ds``) against the protocol's Node
+  reference server, same Node load generator (``loadtests/bench_durable.py``).
 - ``live``, ``cores``, ``scale``: 10,000 live viewers, ``--workers 2`` vs 1, idle viewers up
   to this machine's file-descriptor limit (``loadtests/bench_scale.py``).
 
@@ -104,6 +107,14 @@ class Config:
     cores_seconds: float = 8.0
     scale_counts: tuple[int, ...] = (1000, 5000, 10_000, 19_000)
     scale_heartbeat: float = 5.0
+    # durable phase (loadtests/bench_durable.py, through loadtests/ds_bench.py)
+    ds_writers: int = 32
+    ds_streams: int = 8
+    ds_seconds: float = 10.0
+    ds_readers: int = 100
+    ds_events: int = 1000
+    ds_rate: float = 100.0
+    ds_repeats: int = 3
 
 
 FULL = Config()
@@ -136,11 +147,24 @@ QUICK = Config(
     cores_seconds=1.0,
     scale_counts=(200, 500),
     scale_heartbeat=1.0,
+    ds_writers=8,
+    ds_streams=2,
+    ds_seconds=1.0,
+    ds_readers=10,
+    ds_events=100,
+    ds_rate=100.0,
+    ds_repeats=1,
 )
-PHASES = ("systems", "peers", "live", "cores", "scale")
-QUICK_PHASES = ("systems", "peers")  # the others hold thousands of sockets for minutes
+PHASES = ("systems", "peers", "durable", "live", "cores", "scale")
+QUICK_PHASES = ("systems", "peers", "durable")  # the others hold thousands of sockets for minutes
 PEERS = ("resumable-stream",)
-PREFIX = {"peers": "peer_", "live": "live_", "cores": "cores_", "scale": "scale_"}
+PREFIX = {
+    "peers": "peer_",
+    "durable": "ds_",
+    "live": "live_",
+    "cores": "cores_",
+    "scale": "scale_",
+}
 
 
 # --- workloads -----------------------------------------------------------------------------
@@ -588,7 +612,7 @@ def main() -> None:
 
 def run_phases(run: Run, phases: list[str], systems: list[str]) -> dict[str, Any]:
     """The selected phases, in order; each returns its results under its own key."""
-    from loadtests import bench_peers, bench_scale
+    from loadtests import bench_durable, bench_peers, bench_scale
 
     results: dict[str, Any] = {}
     if "systems" in phases:
@@ -597,6 +621,8 @@ def run_phases(run: Run, phases: list[str], systems: list[str]) -> dict[str, Any
                 results[system] = bench_system(run, system)
     if "peers" in phases and {"gateway", *PEERS} & set(systems):
         results["peers"] = bench_peers.peers(run, systems)
+    if "durable" in phases:
+        results["durable"] = bench_durable.durable(run)
     if "live" in phases:
         results["live"] = bench_scale.live(run)
     if "cores" in phases:

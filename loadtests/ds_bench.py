@@ -46,7 +46,7 @@ def npm_install() -> None:
     npm = shutil.which("npm")
     if npm is None:
         sys.exit("npm is needed for the reference server and the load generator")
-    subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=BENCH_DIR, check=True)
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=BENCH_DIR, check=True)
 
 
 class NodeServer:
@@ -92,20 +92,24 @@ def run(base_url: str, phase: str, options: dict[str, Any]) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def main() -> None:
-    """Run both servers, both phases, ``--repeat`` times; print the comparison."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--writers", type=int, default=32)
-    ap.add_argument("--streams", type=int, default=8)
-    ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--readers", type=int, default=100)
-    ap.add_argument("--events", type=int, default=1000)
-    ap.add_argument("--rate", type=float, default=100)
-    ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    args = ap.parse_args()
-    npm_install()
+def compare(
+    *,
+    writers: int = 32,
+    streams: int = 8,
+    seconds: float = 10,
+    readers: int = 100,
+    events: int = 1000,
+    rate: float = 100,
+    repeat: int = 2,
+    say: Any = print,
+) -> dict[str, Any]:
+    """Both servers, both phases, ``repeat`` times, alternating; the comparison.
 
+    Returns ``{"summary": {"gateway"|"reference": {...}}, "ratio_gateway_over_reference":
+    {...}, "load_generator_ceiling_appends_per_s": float, "runs": {...}, "node": str}``;
+    rates in appends/s, latencies in ms (best append rate, median of the percentiles).
+    """
+    npm_install()
     redis = RedisServer()
     gateway = Gateway(redis.url)
     ref = NodeServer("ref-server.mjs")
@@ -116,17 +120,17 @@ def main() -> None:
     }
     ceiling: list[dict[str, Any]] = []
     try:
-        append_opts = {"writers": args.writers, "streams": args.streams, "seconds": args.seconds}
-        sse_opts = {"readers": args.readers, "events": args.events, "rate": args.rate}
-        for _ in range(args.repeat):
+        append_opts = {"writers": writers, "streams": streams, "seconds": seconds}
+        sse_opts = {"readers": readers, "events": events, "rate": rate}
+        for _ in range(repeat):
             ceiling.append(run(noop.url, "append", append_opts))
-            print("no-op server", "append", ceiling[-1], flush=True)
+            say(f"  no-op server append {ceiling[-1]}")
             for name, url in targets.items():
                 results[name]["append"].append(run(url, "append", append_opts))
-                print(name, "append", results[name]["append"][-1], flush=True)
+                say(f"  {name} append {results[name]['append'][-1]}")
             for name, url in targets.items():
                 results[name]["sse"].append(run(url, "sse", sse_opts))
-                print(name, "sse", results[name]["sse"][-1], flush=True)
+                say(f"  {name} sse {results[name]['sse'][-1]}")
     finally:
         noop.stop()
         ref.stop()
@@ -147,24 +151,48 @@ def main() -> None:
             "gaps": sum(r["gaps_or_duplicates"] for r in phases["sse"]),
         }
     g, r = summary["gateway"], summary["reference"]
-    ratios = {
-        "appends_per_s": g["appends_per_s"] / r["appends_per_s"],
-        "sse_p50_ms": g["sse_p50_ms"] / r["sse_p50_ms"],
-        "sse_p99_ms": g["sse_p99_ms"] / r["sse_p99_ms"],
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "summary": summary,
+        "ratio_gateway_over_reference": {
+            "appends_per_s": g["appends_per_s"] / r["appends_per_s"],
+            "sse_p50_ms": g["sse_p50_ms"] / r["sse_p50_ms"],
+            "sse_p99_ms": g["sse_p99_ms"] / r["sse_p99_ms"],
+        },
+        "load_generator_ceiling_appends_per_s": max(c["appends_per_s"] for c in ceiling),
+        "runs": results,
+        "node": node,
+        "options": {**append_opts, **sse_opts, "repeat": repeat},
     }
-    top = max(c["appends_per_s"] for c in ceiling)
-    print(
-        json.dumps(
-            {
-                "summary": summary,
-                "ratio_gateway_over_reference": ratios,
-                "load_generator_ceiling_appends_per_s": top,
-            },
-            indent=2,
-        )
+
+
+def main() -> None:
+    """Run both servers, both phases, ``--repeat`` times; print the comparison."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--writers", type=int, default=32)
+    ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--readers", type=int, default=100)
+    ap.add_argument("--events", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=100)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = ap.parse_args()
+    res = compare(
+        writers=args.writers,
+        streams=args.streams,
+        seconds=args.seconds,
+        readers=args.readers,
+        events=args.events,
+        rate=args.rate,
+        repeat=args.repeat,
     )
+    print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=2))
+    summary, ratios = res["summary"], res["ratio_gateway_over_reference"]
+    g, r = summary["gateway"], summary["reference"]
+    top = res["load_generator_ceiling_appends_per_s"]
     if args.markdown:
-        node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
+        node = res["node"]
         redis_v = subprocess.run(
             ["redis-server", "--version"], capture_output=True, text=True
         ).stdout.split()[2]

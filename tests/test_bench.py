@@ -1,7 +1,8 @@
 """``python -m loadtests.bench --quick``: the benchmark runs end to end on real processes and
-writes every metric, the resumable-stream peer included (it needs Node and npm: without them
-the run fails, it is not skipped). Targets are not asserted here (timed asserts are flaky on a shared
-machine); the full run documents them in docs/benchmarks/README.md."""
+writes every metric, the resumable-stream peer and the Durable Streams reference server
+included (they need Node and npm: without them the run fails, it is not skipped). Targets
+are not asserted here (timed asserts are flaky on a shared machine); the full run documents
+them in docs/benchmarks/README.md."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def test_quick_bench_writes_every_metric(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "results.json").read_text())
@@ -96,7 +97,15 @@ def test_quick_bench_writes_every_metric(tmp_path: Path) -> None:
         for v, r in data["results"][s]["latency"].items():
             assert (r["missing"], r["gaps"], r["duplicates"]) == (0, 0, 0), (s, v, r)
 
-    assert len(data["targets"]) == 9
+    # Durable Streams: the gateway's /ds and the Node reference server, every message seen.
+    for server in ("gateway", "reference"):
+        for name in ("appends_per_s", "sse_p50_ms", "sse_p99_ms"):
+            assert f"durable.{server}.{name}" in metrics
+        d = data["results"]["durable"]["summary"][server]
+        assert (d["deliveries"], d["gaps"]) == (d["expected"], 0), (server, d)
+    # p50 and p99 against the best baseline per viewer count, 7 of the gateway alone, 2 of
+    # Durable Streams
+    assert len(data["targets"]) == 2 * len(data["meta"]["config"]["latency_viewers"]) + 7 + 2
     assert all(isinstance(t["met"], bool) for t in data["targets"])
     assert {r["metric"] for r in data["ratios"]}
     for plot in PLOTS:
