@@ -1,12 +1,15 @@
-"""Property tests (hypothesis) for offset parsing and cursor arithmetic."""
+"""Property tests (hypothesis) for offset parsing, cursor arithmetic and event encoding."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.core import offsets
+from gateway.core import events, offsets
 from gateway.core.cursors import OffsetAhead, resolve
 from gateway.store.sessions import SessionMeta
 
@@ -82,3 +85,64 @@ def test_named_cursors(m: SessionMeta) -> None:
     assert resolve(m, "start").after_seq == m.first_seq - 1
     assert resolve(m, "live").after_seq == m.seq
     assert resolve(m, "run").after_seq == m.first_seq - 1  # no run: from the start
+
+
+def _reference_encode(data: dict[str, Any], max_depth: int) -> str:
+    """events.encode's data path before the fast encoder: a full walk, then json.dumps."""
+    stack, deepest = [(data, 1)], 0
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            stack.extend(
+                (c, level + 1) for c in (item.values() if isinstance(item, dict) else item)
+            )
+    if deepest > max_depth:
+        raise events.InvalidEvent("too_deep", "")
+    try:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise events.InvalidEvent("invalid_event_data", "") from exc
+
+
+_KEYS = st.text(max_size=6) | st.integers() | st.floats() | st.booleans() | st.none()
+_LEAVES = (
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats() | st.text(max_size=8)
+)  # fmt: skip
+_JSONISH = st.recursive(
+    _LEAVES,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(_KEYS, inner, max_size=4)
+        | st.tuples(inner, inner)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(_KEYS, _JSONISH, max_size=5), st.integers(min_value=2, max_value=5))
+def test_event_encoding_accepts_and_refuses_what_json_dumps_did(data: Any, depth: int) -> None:
+    """The fast encoder (msgspec, a one-pass depth and NaN check) against the standard
+    library's: the same events refused with the same code, the same JSON value stored."""
+    try:
+        want: str | None = _reference_encode(data, depth)
+        want_code = None
+    except events.InvalidEvent as exc:
+        want, want_code = None, exc.code
+    try:
+        got: str | None = events.encode("custom.x", data, None, max_depth=depth)[2]
+        got_code = None
+    except events.InvalidEvent as exc:
+        got, got_code = None, exc.code
+    except UnicodeEncodeError:
+        got, got_code = None, "unicode"  # a lone surrogate: refused by both before
+    if want is not None:
+        try:
+            want.encode("utf-8")
+        except UnicodeEncodeError:
+            want, want_code = None, "unicode"
+    assert got_code == want_code
+    if want is not None:
+        assert got is not None and json.loads(got) == json.loads(want)

@@ -7,9 +7,12 @@ the known types below have their ``data`` fields checked so viewers can rely on 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from gateway.core.errors import GatewayError
 
@@ -80,8 +83,46 @@ def valid_id(value: object) -> bool:
     return isinstance(value, str) and ID_RE.match(value) is not None
 
 
+class _NotPlain(Exception):
+    """Raised by :func:`_plain_depth` for data the fast encoder must not see."""
+
+
+_PLAIN_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
+def _plain_depth(value: dict[str, Any] | list[Any], limit: int, level: int = 1) -> int:
+    """Nesting depth of plain JSON data (dicts with str keys, lists, str, int, float, bool,
+    None, finite floats), stopping early once past ``limit``.
+
+    Raises:
+        _NotPlain: anything else (a tuple, a non-str key, NaN, another type): the standard
+            library's encoder decides about those, as it always did.
+    """
+    if level > limit:
+        return level
+    deepest = level
+    if isinstance(value, dict):
+        for key in value:
+            if type(key) is not str:
+                raise _NotPlain
+        children: Any = value.values()
+    else:
+        children = value
+    for child in children:
+        kind = type(child)
+        if kind is dict or kind is list:
+            depth = _plain_depth(child, limit, level + 1)
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif kind not in _PLAIN_LEAVES or (kind is float and not math.isfinite(child)):
+            raise _NotPlain
+    return deepest
+
+
 def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of a JSON-like value, stopping early once past ``limit``."""
+    """Nesting depth of any JSON-like value, stopping early once past ``limit``."""
     stack = [(value, 1)]
     deepest = 0
     while stack:
@@ -93,6 +134,13 @@ def _depth(value: Any, limit: int) -> int:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, level + 1) for child in children)
     return deepest
+
+
+# msgspec writes plain data as json.dumps(separators=(",", ":"), ensure_ascii=False) does,
+# about 20x faster. Anything else (see _plain_depth) takes the standard library's path, which
+# accepts and refuses exactly what it did before (tests/test_properties.py compares the two).
+_FAST_JSON = msgspec.json.Encoder()
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def encode(
@@ -119,7 +167,11 @@ def encode(
         data = {}
     if not isinstance(data, dict):
         raise InvalidEvent("invalid_event_data", "event data must be a JSON object")
-    if _depth(data, max_depth) > max_depth:
+    try:
+        depth, plain = _plain_depth(data, max_depth), True
+    except _NotPlain:
+        depth, plain = _depth(data, max_depth), False
+    if depth > max_depth:
         raise InvalidEvent("too_deep", f"event data is nested deeper than {max_depth} levels")
     if run_id is not None and not valid_id(run_id):
         raise InvalidEvent("invalid_id", f"run_id {run_id!r} is not a valid id")
@@ -144,8 +196,8 @@ def encode(
     elif type_ == "session.title":
         aux1 = data["title"]
     try:
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except ValueError as exc:
+        text = _FAST_JSON.encode(data).decode() if plain else _JSON.encode(data)
+    except (TypeError, ValueError) as exc:
         raise InvalidEvent("invalid_event_data", f"data is not JSON-encodable: {exc}") from exc
     size = len(text.encode("utf-8"))
     if size > max_bytes:
