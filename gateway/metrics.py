@@ -6,7 +6,11 @@ gives N registries behind one port, which is why replicas (one worker each) are 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+import gc
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -56,3 +60,29 @@ class Metrics:
         self.events_published = Counter(
             "gateway_events_published", "Events accepted by the HTTP publish endpoint.", registry=r
         )
+        self.gc_pauses = Histogram(
+            "gateway_gc_pause_seconds",
+            "Pauses of the cyclic garbage collector, by generation (every viewer of this "
+            "process waits them out).",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+            registry=r,
+        )
+        self._gc_started = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started:
+            pause = time.perf_counter() - self._gc_started
+            self.gc_pauses.labels(str(info.get("generation", ""))).observe(pause)
+
+    def watch_gc(self) -> None:
+        """Time every collection into ``gateway_gc_pause_seconds`` (until :meth:`unwatch_gc`)."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        """Stop timing collections."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)

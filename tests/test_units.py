@@ -214,3 +214,26 @@ def test_hiredis_packing_writes_the_bytes_redis_py_writes(name: str | bytes, arg
     ours = b"".join(PackedConnection().pack_command(name, *args))
     theirs = b"".join(Connection().pack_command(name, *args))
     assert ours == theirs
+
+
+def test_gc_pauses_are_timed_while_watched() -> None:
+    import gc
+
+    from gateway.metrics import Metrics
+
+    m = Metrics()
+
+    def collections() -> float:
+        return (
+            m.registry.get_sample_value("gateway_gc_pause_seconds_count", {"generation": "2"})
+            or 0.0
+        )
+
+    m.watch_gc()
+    try:
+        gc.collect()
+        assert collections() == 1
+    finally:
+        m.unwatch_gc()
+    gc.collect()
+    assert collections() == 1  # not watched any more

@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
             rt.background.append(asyncio.create_task(worker.run_forever(), name="demo-worker"))
         app.state.runtime = rt
         restore_signals = drain_on_signals(rt)
+        m.watch_gc()
         if settings.gc_freeze:
             # Everything alive now (modules, routes, pools) lives as long as the process: the
             # cyclic collector need not walk it again on every full collection.
@@ -123,6 +124,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         try:
             yield
         finally:
+            m.unwatch_gc()
             restore_signals()
             for task in rt.background:
                 await cancel_and_wait(task, task.get_name())
