@@ -19,6 +19,7 @@ Skipped, with the reason, only when ``npm`` is not installed.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -321,3 +322,28 @@ def test_soft_deleted_source_goes_when_its_fork_expires(redis_server: RedisServe
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def test_appends_survive_an_emptied_script_cache(redis_server: RedisServer) -> None:
+    """Appends go out in shared pipelines (EVALSHA); after SCRIPT FLUSH (a Redis restarted
+    without its script cache) concurrent appends still land, once each."""
+    gw = Gateway(redis_server.url)
+    url = gw.url + "/ds/v1/stream/noscript-" + secrets.token_hex(4)
+    text = {"Content-Type": "text/plain"}
+    try:
+        with httpx.Client(timeout=10) as c:
+            assert c.put(url, headers=text, content=b"a").status_code == 201
+            redis_server.cli("SCRIPT", "FLUSH")
+
+        async def appends() -> list[int]:
+            async with httpx.AsyncClient(timeout=10) as ac:
+                replies = await asyncio.gather(
+                    *(ac.post(url, headers=text, content=b"x") for _ in range(20))
+                )
+            return [r.status_code for r in replies]
+
+        assert asyncio.run(appends()) == [204] * 20
+        with httpx.Client(timeout=10) as c:
+            assert c.get(url, params={"offset": "-1"}).text == "a" + "x" * 20
+    finally:
+        gw.stop()

@@ -72,6 +72,17 @@ class Script:
         except NoScriptError:
             return await resolved(self.redis.eval(self.source, len(keys), *keys, *map(str, args)))
 
+    async def batched(self, keys: Sequence[str], args: Sequence[str | int | bytes]) -> Any:
+        """As a call, but sent in one pipeline with the other commands queued in this turn
+        of the event loop (:class:`Batch`): concurrent requests share a round trip. Only for
+        scripts whose reply is text (it is decoded)."""
+        try:
+            return await batch_of(self.redis).call("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "EVAL", self.source, len(keys), *keys, *args
+            )
+
 
 class RawScript(Script):
     """A :class:`Script` whose reply is not decoded (it carries arbitrary bytes)."""

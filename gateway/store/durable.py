@@ -151,7 +151,8 @@ class DurableStore(Family):
     async def append(self, path: str, args: Sequence[str | bytes]) -> DsAppendResult:
         """Run ds_append.lua with ``args`` (ARGV 1-9 and 12-13; the channel is added)."""
         full = [*args[:9], self.channel(path), self.publish_command, *args[9:]]
-        res = await self._append(self._keys(path), full)
+        # Concurrent appends (many writers) share one pipeline round trip; the reply is text.
+        res = await self._append.batched(self._keys(path), full)
         return DsAppendResult(
             _ds_str(res[0]),
             int(res[1]),
