@@ -166,6 +166,12 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+# Built once: json.loads/json.dumps with options build a new decoder/encoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_ENCODER_ASCII = json.JSONEncoder(separators=(",", ":"))
+
+
 def json_messages(body: bytes, *, create: bool) -> bytes | None:
     """A JSON-mode body as the stored message: its values, compact, joined by commas.
 
@@ -176,7 +182,7 @@ def json_messages(body: bytes, *, create: bool) -> bytes | None:
         GatewayError: 400 ``invalid_json``, or ``empty_array`` (an empty array appended).
     """
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        value = _DECODER.decode(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise GatewayError(400, "invalid_json", f"body is not JSON: {exc}") from exc
     items = value if isinstance(value, list) else [value]
@@ -193,11 +199,11 @@ def json_messages(body: bytes, *, create: bool) -> bytes | None:
 def json_join(values: list[Any]) -> bytes:
     """Compact JSON of ``values`` joined by commas, always valid UTF-8 (a string holding a
     lone surrogate, from a ``\\ud800``-style escape, is kept escaped)."""
-    text = ",".join(json.dumps(v, separators=(",", ":"), ensure_ascii=False) for v in values)
+    text = ",".join(_ENCODER.encode(v) for v in values)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return ",".join(json.dumps(v, separators=(",", ":")) for v in values).encode()
+        return ",".join(_ENCODER_ASCII.encode(v) for v in values).encode()
 
 
 # --- PUT headers --------------------------------------------------------------------------------
