@@ -99,7 +99,8 @@ class Consumers(Family):
 
     async def token(self, sid: str, cid: str) -> str | None:
         """The token of the consumer's latest attachment (None once it is gone)."""
-        return await resolved(self.redis.hget(self.key(sid, cid), "token"))
+        # Batched: checked by every stream that attaches, so bursts of attaches read together.
+        return await self.batch.call("HGET", self.key(sid, cid), "token")  # type: ignore[no-any-return]
 
     def touch(self, sid: str, cid: str, ttl_s: float) -> Awaitable[Any]:
         """Refresh the consumer's TTL while its stream is attached. Batched with the other

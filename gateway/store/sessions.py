@@ -195,7 +195,10 @@ class SessionLog(Family):
 
     async def read(self, sid: str, after_seq: int, count: int) -> list[StoredEvent]:
         """Up to ``count`` events with ``seq > after_seq``, in order (one XRANGE)."""
-        entries = await self.redis.xrange(self.key(sid, "log"), f"{after_seq + 1}-0", "+", count)
+        # Batched: a burst of viewers attaching (a deploy, a reconnect storm) reads together.
+        entries = await self.batch.call(
+            "XRANGE", self.key(sid, "log"), f"{after_seq + 1}-0", "+", "COUNT", count
+        )
         return [
             StoredEvent(int(eid.split("-", 1)[0]), int(f["ts"]), f["t"], f["r"], f["d"])
             for eid, f in entries
