@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -198,3 +199,51 @@ async def test_stalled_viewers_keep_memory_bounded_and_delay_no_one() -> None:
     # The live viewer got every event in order (each read above waits for its own event);
     # its latency is a printed figure, measured properly by python -m loadtests.bench.
     assert growth < 64, "memory grew with what stalled viewers left unread"
+
+
+async def test_redis_restart_under_coalesced_publishes_loses_and_repeats_nothing() -> None:
+    """Four callers publish one event per call (their calls share pipelines) while Redis is
+    killed and restarted (AOF ``always``): each failed pipeline is re-sent whole, so every
+    acknowledged event is in the log exactly once, in each caller's order."""
+    redis = RedisServer("--appendonly", "yes", "--appendfsync", "always")
+    client_redis = connect(Settings(redis_url=redis.url), role="test")
+    pub = Publisher(Store(client_redis, publish_retry_s=15))
+    sids = ["coalesced-a", "coalesced-b"]
+    acked: list[list[int]] = [[] for _ in range(4)]
+    before, after, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    restarted_at: list[int] = []
+    try:
+        for sid in sids:
+            await pub.publish(sid, "run.started", {"input": "go"}, run_id="r1")
+
+        async def caller(c: int) -> None:
+            n = 0
+            while not stop.is_set():
+                await pub.publish(
+                    sids[c % 2], "message.delta", {"text": "x", "c": c, "i": n}, run_id="r1"
+                )
+                acked[c].append(n)
+                n += 1
+                total = sum(map(len, acked))
+                if total >= 400:
+                    before.set()
+                if restarted_at and total >= restarted_at[0] + 400:
+                    after.set()
+
+        callers = [asyncio.create_task(caller(c)) for c in range(4)]
+        await asyncio.wait_for(before.wait(), 30)
+        redis.kill()
+        await asyncio.to_thread(redis.start_again)  # the callers retry meanwhile
+        restarted_at.append(sum(map(len, acked)))
+        await asyncio.wait_for(after.wait(), 30)
+        stop.set()
+        await asyncio.gather(*callers)
+        stored: list[list[int]] = [[] for _ in range(4)]
+        for sid in sids:
+            for e in await pub.store.sessions.read(sid, 1, 100_000):
+                data = json.loads(e.data)
+                stored[data["c"]].append(data["i"])
+    finally:
+        await client_redis.aclose()
+        redis.stop()
+    assert stored == acked

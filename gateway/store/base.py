@@ -165,6 +165,105 @@ class Batch:
                 fut.set_result(reply)
 
 
+class ScriptBatch:
+    """Concurrent calls of one :class:`Script` coalesced into one pipeline per loop turn.
+
+    Agent workers publish one event per call, several calls at a time; each as its own
+    EVALSHA pays a pooled connection, a write and a read. :meth:`call` queues the call and
+    returns a future; the calls queued during one turn of the loop go out, in the order they
+    were queued, as one non-transactional pipeline (chunks of :data:`MAX`, one after the
+    other), each with its own reply or error. A call alone in its turn is a plain
+    :class:`Script` call.
+
+    ``retrying`` wraps each round trip (``Family.retrying``): a pipeline whose connection
+    failed is re-sent whole, in order, so only scripts that de-duplicate a repeat (the
+    publish script with a producer id) may be queued. NOSCRIPT replies (an emptied script
+    cache) load the script and re-send the calls that got one. Single-node clients only: a
+    cluster pipeline routes and retries per node (``Batch`` keeps plain calls there too).
+    """
+
+    MAX = 1000
+
+    def __init__(
+        self, script: Script, retrying: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+    ) -> None:
+        self.script = script
+        self.retrying = retrying
+        self._pending: list[tuple[Sequence[str], Sequence[str | int], asyncio.Future[Any]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    def call(self, keys: Sequence[str], args: Sequence[str | int]) -> asyncio.Future[Any]:
+        """Queue one call; the future resolves to its reply or fails with its own error."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((keys, args, fut))
+        return fut
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        task = asyncio.create_task(self._chunks(pending))
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _chunks(
+        self, items: list[tuple[Sequence[str], Sequence[str | int], asyncio.Future[Any]]]
+    ) -> None:
+        # One after the other, not side by side on two connections: a later chunk must not
+        # overtake an earlier one (calls of one session keep their order).
+        for i in range(0, len(items), self.MAX):
+            try:
+                await self._run(items[i : i + self.MAX])
+            except BaseException as exc:  # cancelled: the later chunks are not sent
+                for *_, fut in items[i + self.MAX :]:
+                    if not fut.done():
+                        fut.set_exception(RuntimeError(exc))
+                raise
+
+    async def _run(
+        self, items: list[tuple[Sequence[str], Sequence[str | int], asyncio.Future[Any]]]
+    ) -> None:
+        calls = [(keys, args) for keys, args, _ in items]
+        try:
+            if len(calls) == 1:
+                replies: list[Any] = [await self.retrying(lambda: self.script(*calls[0]))]
+            else:
+                replies = await self.retrying(lambda: self._pipeline(calls))
+        except BaseException as exc:
+            for *_, fut in items:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (*_, fut), reply in zip(items, replies, strict=True):
+            if fut.done():
+                continue  # its caller went away
+            if isinstance(reply, Exception):
+                fut.set_exception(reply)
+            else:
+                fut.set_result(reply)
+
+    async def _pipeline(self, calls: list[tuple[Sequence[str], Sequence[str | int]]]) -> list[Any]:
+        replies = await self._send(calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            # The calls that got NOSCRIPT are re-sent in their order; every call names the
+            # same script, so they are all of them, or those after a flush mid-pipeline.
+            await resolved(self.script.redis.script_load(self.script.source))
+            again = await self._send([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _send(self, calls: list[tuple[Sequence[str], Sequence[str | int]]]) -> list[Any]:
+        async with self.script.redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
+            return await pipe.execute(raise_on_error=False)
+
+
 _BATCHES: weakref.WeakKeyDictionary[Redis, Batch] = weakref.WeakKeyDictionary()
 
 
