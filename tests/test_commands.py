@@ -422,7 +422,6 @@ async def test_publishes_of_one_loop_turn_share_one_round_trip_each_with_its_own
     empty script cache) the pipeline loads the script and still answers every caller."""
     from redis.asyncio.connection import Connection
 
-    from gateway.store.base import ScriptBatch
     from gateway.store.sessions import PublishRejected
 
     redis = connect(Settings(redis_url=backend.url), role="test")
@@ -461,18 +460,6 @@ async def test_publishes_of_one_loop_turn_share_one_round_trip_each_with_its_own
         assert isinstance(results[1], PublishRejected)
         assert [r for r in results if isinstance(r, str)] == [results[0], results[2], results[3]]
         assert [e.data for e in await pub.store.sessions.read(sid, 4, 10)] == texts
-
-        # A turn larger than one pipeline: its chunks go one after the other, in order.
-        monkeypatch.setattr(ScriptBatch, "MAX", 2)
-        sent.clear()
-        calls = [
-            pub.publish(sid, "message.delta", {"text": f"c{i}"}, run_id="r1") for i in range(5)
-        ]
-        offsets = await asyncio.gather(*calls)
-        assert [s.count(b"EVALSHA") for s in sent if b"EVALSHA" in s] == [2, 2, 1]
-        assert offsets == sorted(offsets)
-        chunked = [e.data for e in await pub.store.sessions.read(sid, 7, 10)]
-        assert chunked == [f'{{"text":"c{i}"}}' for i in range(5)]
     finally:
         await redis.aclose()
 

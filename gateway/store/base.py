@@ -171,9 +171,8 @@ class ScriptBatch:
     Agent workers publish one event per call, several calls at a time; each as its own
     EVALSHA pays a pooled connection, a write and a read. :meth:`call` queues the call and
     returns a future; the calls queued during one turn of the loop go out, in the order they
-    were queued, as one non-transactional pipeline (chunks of :data:`MAX`, one after the
-    other), each with its own reply or error. A call alone in its turn is a plain
-    :class:`Script` call.
+    were queued, as one non-transactional pipeline (chunks of :data:`MAX`), each with its own
+    reply or error. A call alone in its turn is a plain :class:`Script` call.
 
     ``retrying`` wraps each round trip (``Family.retrying``): a pipeline whose connection
     failed is re-sent whole, in order, so only scripts that de-duplicate a repeat (the
@@ -203,23 +202,10 @@ class ScriptBatch:
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
-        task = asyncio.create_task(self._chunks(pending))
-        self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
-
-    async def _chunks(
-        self, items: list[tuple[Sequence[str], Sequence[str | int], asyncio.Future[Any]]]
-    ) -> None:
-        # One after the other, not side by side on two connections: a later chunk must not
-        # overtake an earlier one (calls of one session keep their order).
-        for i in range(0, len(items), self.MAX):
-            try:
-                await self._run(items[i : i + self.MAX])
-            except BaseException as exc:  # cancelled: the later chunks are not sent
-                for *_, fut in items[i + self.MAX :]:
-                    if not fut.done():
-                        fut.set_exception(RuntimeError(exc))
-                raise
+        for i in range(0, len(pending), self.MAX):
+            task = asyncio.create_task(self._run(pending[i : i + self.MAX]))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
 
     async def _run(
         self, items: list[tuple[Sequence[str], Sequence[str | int], asyncio.Future[Any]]]
