@@ -414,56 +414,6 @@ async def test_producer_window_remembers_the_newest_32_batches_in_any_arrival_or
     assert [int(e.split()[0]) for e in window.split(";")] == list(range(49, 81))
 
 
-async def test_publishes_of_one_loop_turn_share_one_round_trip_each_with_its_own_result(
-    backend, sid, monkeypatch
-):
-    """Single publishes issued together go out as one pipeline, in call order; each caller
-    gets its own offset or its own PublishRejected. After SCRIPT FLUSH (a Redis restart's
-    empty script cache) the pipeline loads the script and still answers every caller."""
-    from redis.asyncio.connection import Connection
-
-    from gateway.store.sessions import PublishRejected
-
-    redis = connect(Settings(redis_url=backend.url), role="test")
-    pub = Publisher(Store(redis))
-    try:
-        await pub.publish(sid, "run.started", {"input": "go"}, run_id="r1")  # warm, indexed
-        sent: list[bytes] = []
-        send = Connection.send_packed_command
-
-        async def counting(self: Connection, command: object, check_health: bool = True) -> None:
-            chunks = command if isinstance(command, list) else [command]
-            sent.append(b"".join(c if isinstance(c, bytes) else str(c).encode() for c in chunks))
-            await send(self, command, check_health)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(Connection, "send_packed_command", counting)
-
-        def turn() -> list[object]:
-            calls = [
-                pub.publish(sid, "message.delta", {"text": str(i)}, run_id="r1") for i in range(3)
-            ]
-            unknown = {"approval_id": "nope", "decision": "approve"}
-            calls.insert(1, pub.publish(sid, "approval.resolved", unknown, run_id="r1"))
-            return calls
-
-        results = await asyncio.gather(*turn(), return_exceptions=True)
-        scripts = [s.count(b"EVALSHA") for s in sent if b"EVALSHA" in s]
-        assert scripts == [4]  # one round trip for the four publishes
-        assert isinstance(results[1], PublishRejected) and results[1].code == "approval_not_found"
-        offsets = [results[0], results[2], results[3]]
-        assert offsets == sorted(offsets) and len(set(offsets)) == 3  # in call order
-        texts = [e.data for e in await pub.store.sessions.read(sid, 1, 10)]
-        assert texts == ['{"text":"0"}', '{"text":"1"}', '{"text":"2"}']
-
-        await redis.script_flush()
-        results = await asyncio.gather(*turn(), return_exceptions=True)
-        assert isinstance(results[1], PublishRejected)
-        assert [r for r in results if isinstance(r, str)] == [results[0], results[2], results[3]]
-        assert [e.data for e in await pub.store.sessions.read(sid, 4, 10)] == texts
-    finally:
-        await redis.aclose()
-
-
 async def test_stored_offset_beyond_the_log_resets_instead_of_409(gw, store, client, sid):
     """A consumer's stored offset past the log's end can only mean Redis lost events the
     viewer saw (a failover without persistence): the stream says so with a reset."""

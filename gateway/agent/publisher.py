@@ -1,12 +1,11 @@
 """Publisher: the asyncio API agent workers use to append events to a session's log.
 
 Secrets in event data are redacted before anything is stored (``gateway.redaction``). Each
-call is one Redis round trip, shared by the calls made in the same event-loop turn (one
-pipeline, each call with its own result; ``store.base.ScriptBatch``): a server-side script
-assigns the next sequence numbers, XADDs with explicit IDs, trims to the retention limit,
-updates the session's metadata and notifies live readers. Status changes (run start/end,
-title) are also recorded in the global activity feed with a second, rare round trip, kept
-apart so a session's script touches only keys of its own Cluster slot.
+call is one Redis round trip: a server-side script assigns the next sequence numbers,
+XADDs with explicit IDs, trims to the retention limit, updates the session's metadata and
+notifies live readers. Status changes (run start/end, title) are also recorded in the global
+activity feed with a second, rare round trip, kept apart so a session's script touches only
+keys of its own Cluster slot.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from redis.asyncio.client import Pipeline
 from gateway.core import offsets
 from gateway.core.errors import GatewayError
 from gateway.core.events import StoredEvent
-from gateway.store.base import Family, Script, ScriptBatch, resolved
+from gateway.store.base import Family, Script, resolved
 
 PARTS = ("meta", "log", "approvals", "snap", "producers", "runs")  # what idle sessions expire
 
@@ -106,10 +106,6 @@ class SessionLog(Family):
         self._lease = Script(self.redis, "lease.lua")
         self._requeue = Script(self.redis, "requeue.lua")
         self._snapshot = Script(self.redis, "snapshot.lua")
-        # Publishes of one loop turn share a pipeline (store.base.ScriptBatch); a cluster
-        # client keeps one call each, as store.base.Batch does.
-        self.coalesce = not self.clustered
-        self._publishes = ScriptBatch(self._publish, self.retrying)
 
     def key(self, sid: str, part: str) -> str:
         """The name of one of the session's keys (``part``: see the module docstring)."""
@@ -132,8 +128,7 @@ class SessionLog(Family):
         pickup_ms: int = 60_000,
         command: str = "",
     ) -> PublishResult:
-        """Append ``events`` (type, run_id, data JSON, aux1, aux2) atomically, in one round trip
-        (shared by the publishes of this loop turn that have a ``producer``, in call order).
+        """Append ``events`` (type, run_id, data JSON, aux1, aux2) atomically, in one round trip.
 
         The script (``lua/publish.lua``) enforces the run lifecycle: a run starts once and
         only while none is active, and its ``run.started`` takes the ``queued`` lease for
@@ -171,11 +166,7 @@ class SessionLog(Family):
         keys.append(self.key(sid, "runs"))
         # Retried through a Redis restart or failover with the same (producer, sequence), so
         # a batch whose reply was lost is answered from the producers hash, not appended again.
-        # That also makes re-sending a whole pipeline safe, so only such batches coalesce.
-        if self.coalesce and producer:
-            res = cast(list[Any], await self._publishes.call(keys, args))
-        else:
-            res = cast(list[Any], await self.retrying(lambda: self._publish(keys=keys, args=args)))
+        res = cast(list[Any], await self.retrying(lambda: self._publish(keys=keys, args=args)))
         if res[0] != "ok":
             raise PublishRejected(str(res[0]))
         return PublishResult(str(res[1]), int(res[2]), int(res[3]), int(res[4]))
