@@ -8,9 +8,7 @@ uvloop as the benchmark's load processes; CPU is the probe's own per event):
 
 - ``xadd single``: plain XADD, ``--callers`` callers each awaiting one XADD at a time;
 - ``publish single, N sessions``: ``Publisher.publish``, one event per call, the same callers,
-  each on its own session; ``1 session``: all of them on one session; each twice, with
-  publishes of one loop turn coalesced into one pipeline (the default) and one call each
-  (``SessionLog.coalesce = False``, the path before coalescing and the cluster path);
+  each on its own session; ``1 session``: all of them on one session;
 - ``publish_batch 100`` against ``xadd pipelined 100``: one caller, 100 events per call.
 """
 
@@ -65,7 +63,6 @@ async def probe(seconds: float, repeats: int, callers: int) -> dict[str, list[tu
         redis = connect(Settings(redis_url=server.url), role="probe")
         store = Store(redis)
         pub = Publisher(store)
-        coalesce = hasattr(store.sessions, "coalesce")
         seq = iter(range(1, 1 << 62))
         rows: dict[str, list[tuple[float, float]]] = {}
 
@@ -112,23 +109,17 @@ async def probe(seconds: float, repeats: int, callers: int) -> dict[str, list[tu
 
         many = [f"s-{j}" for j in range(callers)]
         await run_started([*many, "one", "b-0"])
-        cases: list[tuple[str, int, Callable[[int], Awaitable[int]], bool | None]] = [
-            (f"xadd single x{callers}", callers, xadd, None),
+        cases: list[tuple[str, int, Callable[[int], Awaitable[int]]]] = [
+            (f"xadd single x{callers}", callers, xadd),
         ]
         for label, sids in ((f"{callers} sessions", many), ("1 session", ["one"])):
-            for on in (False, True) if coalesce else (None,):
-                how = "" if on is None else (" coalesced" if on else " one call each")
-                cases.append(
-                    (f"publish single x{callers}, {label}{how}", callers, publish_on(sids), on)
-                )
+            cases.append((f"publish single x{callers}, {label}", callers, publish_on(sids)))
         cases += [
-            ("xadd pipelined 100", 1, xadd_100, None),
-            ("publish_batch 100", 1, batch_100, None),
+            ("xadd pipelined 100", 1, xadd_100),
+            ("publish_batch 100", 1, batch_100),
         ]
         for _ in range(repeats):  # interleaved, so that a busy moment hits every row alike
-            for label, n, step, on in cases:
-                if on is not None:
-                    store.sessions.coalesce = on  # type: ignore[attr-defined]
+            for label, n, step in cases:
                 await step(0)  # warm: connections, script cache
                 rows.setdefault(label, []).append(await _timed(seconds, n, step))
         await redis.aclose()

@@ -414,6 +414,24 @@ async def test_producer_window_remembers_the_newest_32_batches_in_any_arrival_or
     assert [int(e.split()[0]) for e in window.split(";")] == list(range(49, 81))
 
 
+async def test_a_late_retry_finds_its_result_while_its_sequence_is_the_low_water_mark(store, sid):
+    """The publisher sends its oldest unanswered sequence with every batch: the script keeps
+    results from there on, so a call retried after the producer's other callers published
+    far more than 32 batches is still answered from its first result. Without the mark
+    (the window of 32) its result was forgotten and the retry appended it again."""
+    ev = [("session.title", "", '{"title":"x"}', "x", "")]
+    slow = await store.sessions.publish(sid, ev, maxlen=1000, producer=("lw", 1), producer_low=1)
+    for q in range(2, 102):  # others publish while call 1 waits out a restart
+        await store.sessions.publish(sid, ev, maxlen=1000, producer=("lw", q), producer_low=1)
+    retried = await store.sessions.publish(sid, ev, maxlen=1000, producer=("lw", 1), producer_low=1)
+    assert retried == slow
+    assert len(await store.sessions.read(sid, 0, 1000)) == 101
+    # Once call 1 is answered the mark moves on, and what lies below it is forgotten.
+    await store.sessions.publish(sid, ev, maxlen=1000, producer=("lw", 102), producer_low=90)
+    window = await store.redis.hget(store.sessions.key(sid, "producers"), "lw")
+    assert [int(e.split()[0]) for e in window.split(";")] == list(range(90, 103))
+
+
 async def test_stored_offset_beyond_the_log_resets_instead_of_409(gw, store, client, sid):
     """A consumer's stored offset past the log's end can only mean Redis lost events the
     viewer saw (a failover without persistence): the stream says so with a reset."""

@@ -201,14 +201,14 @@ async def test_stalled_viewers_keep_memory_bounded_and_delay_no_one() -> None:
     assert growth < 64, "memory grew with what stalled viewers left unread"
 
 
-async def test_redis_restart_under_coalesced_publishes_loses_and_repeats_nothing() -> None:
-    """Four callers publish one event per call (their calls share pipelines) while Redis is
-    killed and restarted (AOF ``always``): each failed pipeline is re-sent whole, so every
+async def test_redis_restart_under_concurrent_publishes_loses_and_repeats_nothing() -> None:
+    """Four callers publish one event per call while Redis is killed and restarted (AOF
+    ``always``): each failed call is retried with its (producer, sequence), so every
     acknowledged event is in the log exactly once, in each caller's order."""
     redis = RedisServer("--appendonly", "yes", "--appendfsync", "always")
     client_redis = connect(Settings(redis_url=redis.url), role="test")
     pub = Publisher(Store(client_redis, publish_retry_s=15))
-    sids = ["coalesced-a", "coalesced-b"]
+    sids = ["concurrent-a", "concurrent-b"]
     acked: list[list[int]] = [[] for _ in range(4)]
     before, after, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
     restarted_at: list[int] = []

@@ -10,6 +10,7 @@ keys of its own Cluster slot.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import logging
@@ -78,6 +79,11 @@ class Publisher:
         # client's retry of a publish whose reply was lost cannot append it twice.
         self.producer_id = uuid.uuid4().hex
         self._batch_seq = itertools.count(1)
+        # Sequences sent and not yet answered; the smallest is the low-water mark the script
+        # keeps results from, so a call retried late (one caller waiting out a Redis restart
+        # while the others go on) still finds its first result. A heap with lazy deletion.
+        self._unanswered: set[int] = set()
+        self._low_heap: list[int] = []
 
     @classmethod
     def from_settings(cls, store: Store, settings: Settings) -> Publisher:
@@ -141,20 +147,34 @@ class Publisher:
         if any(e.type == "run.started" for e in batch):
             # Before the start: the reapers' index must never miss a running session.
             await self.store.runs.mark(session_id)
-        result = await self.store.sessions.publish(
-            session_id,
-            encoded,  # type: ignore[arg-type]
-            maxlen=self.retention_maxlen,
-            guard=guard or "0",
-            producer=(self.producer_id, next(self._batch_seq)),
-            fence=fence,
-            pickup_ms=self.pickup_ms,
-            command=json.dumps(command, separators=(",", ":")) if command else "",
-        )
+        seq = next(self._batch_seq)
+        self._unanswered.add(seq)
+        heapq.heappush(self._low_heap, seq)
+        try:
+            result = await self.store.sessions.publish(
+                session_id,
+                encoded,  # type: ignore[arg-type]
+                maxlen=self.retention_maxlen,
+                guard=guard or "0",
+                producer=(self.producer_id, seq),
+                producer_low=self._low_water(),
+                fence=fence,
+                pickup_ms=self.pickup_ms,
+                command=json.dumps(command, separators=(",", ":")) if command else "",
+            )
+        finally:
+            self._unanswered.discard(seq)
         await self._record_activity(session_id, batch, result)
         if self.keep_after_run and any(e.type in events.TERMINAL for e in batch):
             await self._compact(session_id)
         return result.offsets()
+
+    def _low_water(self) -> int:
+        """The oldest batch sequence sent and not yet answered (this call's at least)."""
+        heap = self._low_heap
+        while heap[0] not in self._unanswered:
+            heapq.heappop(heap)
+        return heap[0]
 
     async def _compact(self, session_id: str) -> None:
         # Housekeeping after the run is stored: a failure here must not fail the publish.

@@ -13,7 +13,7 @@ atomically. This module owns every key of the ``{<session id>}`` family but cons
                                 from the run's start until a worker takes it
 ``gw:{sid}:approvals``          hash: approval_id → ``pending`` | ``approve`` | ``deny``,
                                 and ``<approval_id>:run`` → the run that asked
-``gw:{sid}:producers``          hash: producer id → results of its last 32 batches
+``gw:{sid}:producers``          hash: producer id → results of its recent batches
 ``gw:{sid}:snap``               hash: the latest folded snapshot and its offset
 ``gw:{sid}:live``               Pub/Sub channel: ``E`` and ``K`` frames (core.frames)
 ==============================  ==========================================================
@@ -124,6 +124,7 @@ class SessionLog(Family):
         maxlen: int,
         guard: str = "0",
         producer: tuple[str, int] | None = None,
+        producer_low: int | None = None,
         fence: int | None = None,
         pickup_ms: int = 60_000,
         command: str = "",
@@ -141,6 +142,9 @@ class SessionLog(Family):
         batch is refused once the token is not the session's current one. ``producer`` is
         (producer id, batch sequence): sending the same pair again returns the first result
         and appends nothing, so a publish retried after a lost reply is never duplicated.
+        ``producer_low`` is the producer's oldest sequence still unanswered (its low-water
+        mark): results from there on are remembered (up to 4,096 batches per session), so a
+        call retried late still finds its result; without it, the newest 32 are.
         Connection errors are retried for up to ``publish_retry_s`` seconds on one node (a
         Redis restart), and for the cluster client's own budget on a cluster (a failover).
 
@@ -159,6 +163,7 @@ class SessionLog(Family):
             "" if fence is None else fence,
             max(1, pickup_ms),
             command,
+            "" if producer_low is None else producer_low,
         ]
         for ev in events:
             args.extend(ev)

@@ -10,7 +10,8 @@
 --       9 fencing token ('' = unfenced: gateways, reapers, plain publishers),
 --       10 pickup ms: TTL of the "queued" lease a run.started takes (and that events of a
 --          run nobody leased renew), 11 the run's command JSON to keep with it ('' none),
---       then 5 per event from ARGV[12]: type, run_id, data (JSON text), aux1, aux2
+--       12 the producer's low-water mark: its oldest batch sequence still unanswered ('' =
+--          unknown), then 5 per event from ARGV[13]: type, run_id, data (JSON), aux1, aux2
 -- Returns {"ok", epoch, first_seq, last_seq, ts_ms} or {error_code}.
 --
 -- Run lifecycle (docs/security.md, "Fencing"), enforced here and not by callers' care:
@@ -24,16 +25,23 @@
 --   one, or its run is no longer active, the batch is refused (lease_lost).
 --
 -- Idempotent producers (as Kafka's producer id + sequence): the producers hash keeps, per
--- producer id, the results of its last WINDOW batches as "pseq epoch first last ts;...".
+-- producer id, the results of its recent batches as "pseq epoch first last ts;...".
 -- A batch whose sequence is listed was already appended: its stored result is returned and
 -- nothing is written or announced, so a retry after a lost reply never duplicates events.
+-- What is kept: every batch at or above the producer's low-water mark, whose sequence its
+-- publisher may still send again (up to CAP); without a mark, the newest WINDOW. A count
+-- alone was not enough: while one caller's call waited out a Redis restart, the producer's
+-- other callers published more than WINDOW batches to the session, its result was
+-- forgotten, and the retry appended the batch a second time.
 local meta, log, approvals, lease, producers, runs = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
   KEYS[5], KEYS[6]
 local n = tonumber(ARGV[6])
 local pid, pseq = ARGV[7], tonumber(ARGV[8])
 local fence, pickup, command = ARGV[9], ARGV[10], ARGV[11]
-local FIRST = 12
+local low = tonumber(ARGV[12])
+local FIRST = 13
 local WINDOW = 32
+local CAP = 4096
 local TERMINAL = {}  -- @terminal (filled from gateway.core.events by the loader)
 local window = pid ~= '' and redis.call('HGET', producers, pid) or false
 if window then
@@ -179,8 +187,16 @@ if pid ~= '' then
       table.insert(seen, at, entry)
       out = table.concat(seen, ';')
     end
+    -- Forget batches below the low-water mark (answered, never sent again), or all but the
+    -- newest WINDOW without one; never more than CAP. The window is in sequence order.
     local _, semis = string.gsub(out, ';', ';')
-    if semis >= WINDOW then out = string.sub(out, string.find(out, ';', 1, true) + 1) end
+    local count, limit = semis + 1, low and CAP or WINDOW
+    while count > 1 do
+      local q = tonumber(string.match(out, '^%d+'))
+      if count <= limit and not (low and q < low) then break end
+      out = string.sub(out, string.find(out, ';', 1, true) + 1)
+      count = count - 1
+    end
   end
   redis.call('HSET', producers, pid, out)
 end
