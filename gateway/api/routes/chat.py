@@ -28,7 +28,7 @@ from gateway.agent.publisher import EventIn, new_run_id
 from gateway.api.deps import Call, CallDep, check_id
 from gateway.api.runtime import Runtime
 from gateway.api.schemas import RunAccepted
-from gateway.api.sse import SSE_HEADERS, last_event_id
+from gateway.api.sse import last_event_id, sse, sse_headers
 from gateway.core import frames as wire
 from gateway.core import offsets
 from gateway.core.cursors import OffsetAhead, Start, resolve
@@ -45,7 +45,7 @@ from gateway.store.sessions import PublishRejected
 
 log = logging.getLogger(__name__)
 
-STREAM_HEADERS = {**SSE_HEADERS, **ai_sdk.HEADERS}
+STREAM_HEADERS = sse_headers(ai_sdk.HEADERS)
 
 
 class ChatStream(EventStream):
@@ -127,7 +127,7 @@ async def _respond(
         expires=call.who.expires,
     )
     stream.skip_seq = skip_seq
-    return Stream(ui_stream(rt, stream), media_type="text/event-stream", headers=STREAM_HEADERS)
+    return sse(ui_stream(rt, stream), STREAM_HEADERS)
 
 
 async def _start_run(rt: Runtime, sid: str, text: str) -> tuple[str, Start]:
