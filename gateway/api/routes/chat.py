@@ -54,6 +54,8 @@ class ChatStream(EventStream):
     <offset>``. The encoder sees the run from its ``run.started``; chunks of events up to
     ``skip_seq`` (a resume after ``Last-Event-ID``) are not sent again."""
 
+    __slots__ = ("encoder", "skip_seq")
+
     def __init__(
         self,
         deps: StreamDeps,
