@@ -7,7 +7,8 @@ task listening for the disconnect, and keeps its own header list per response: f
 idle viewer, held for hours, that is memory per viewer. :class:`EventStreamResponse` is
 still a ``Stream`` (the OpenAPI schema and the handlers' annotations are unchanged) but
 sends a shared, pre-encoded header list and iterates the frames in the request's own task;
-one ``receive()`` future notices the disconnect and cancels that task.
+one ``receive()`` future notices the disconnect and cancels the loop (an anyio cancel
+scope, so the frames' shielded cleanup still completes).
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from litestar import Request
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
+
+from gateway.api.deps import header
 
 if TYPE_CHECKING:
     from litestar.app import Litestar
@@ -117,41 +121,37 @@ class _SSEBody(ASGIResponse):
             # A copy: middleware (CORS) appends to the list it is sent.
             start: Message = {"type": "http.response.start", "status": 200, "headers": [*self.raw]}
             await send(start)
-            task = asyncio.current_task()
-            assert task is not None
-            watch = _DisconnectWatch(receive, task)
-            try:
-                async for frame in frames:
-                    body = frame if isinstance(frame, bytes) else frame.encode()
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                watch.stop()
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            except asyncio.CancelledError:
-                # Ours (the client left): the response is over. Anyone else's: propagate.
-                if not watch.fired or task.uncancel() > 0:
-                    raise
-            finally:
-                watch.stop()
+            # An anyio scope, not a bare task.cancel(): the frames' cleanup shields itself
+            # with anyio.CancelScope(shield=True), which a native cancel would go through.
+            with anyio.CancelScope() as cancel:
+                watch = _DisconnectWatch(receive, cancel)
+                try:
+                    async for frame in frames:
+                        body = frame if isinstance(frame, bytes) else frame.encode()
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                    watch.stop()
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                finally:
+                    watch.stop()
         finally:
             # The iterator's own cleanup (unsubscribe, final commit, slot release) runs
-            # here if the loop did not finish it: a send that failed, an error.
+            # here if the loop did not finish it: a cancel inside send(), an error.
             aclose = getattr(frames, "aclose", None)
             if aclose is not None:
                 await aclose()
 
 
 class _DisconnectWatch:
-    """Waits for ``http.disconnect`` on a ``receive()`` future (no task of its own to wrap
-    it) and then cancels ``task`` once, if :meth:`stop` was not called first. A leftover
-    ``http.request`` (an unread body) re-arms the wait."""
+    """Waits for ``http.disconnect`` on a ``receive()`` future (no coroutine of its own
+    around it) and then cancels ``scope``, if :meth:`stop` was not called first. A
+    leftover ``http.request`` (an unread body) re-arms the wait."""
 
-    __slots__ = ("fired", "live", "receive", "task", "waiter")
+    __slots__ = ("live", "receive", "scope", "waiter")
 
-    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+    def __init__(self, receive: Receive, scope: anyio.CancelScope) -> None:
         self.receive = receive
-        self.task = task
+        self.scope = scope
         self.live = True
-        self.fired = False
         self.waiter: asyncio.Future[Any] | None = None
         self._arm()
 
@@ -168,8 +168,7 @@ class _DisconnectWatch:
             return
         # A disconnect, or a receive that failed: either way the client is gone.
         self.live = False
-        self.fired = True
-        self.task.cancel()
+        self.scope.cancel()
 
     def stop(self) -> None:
         """No cancel from now on; drop the pending ``receive()``."""
@@ -186,5 +185,5 @@ def sse(frames: AsyncIterator[bytes], raw: RawHeaders = RAW_SSE_HEADERS) -> Stre
 
 def last_event_id(request: Request[Any, Any, Any]) -> str | None:
     """The cursor the client resumes from, if it sent one."""
-    value = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    value = header(request, b"last-event-id") or request.query_params.get("last_event_id")
     return value or None
