@@ -52,12 +52,23 @@ def runtime_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Runtime:
     return connection.app.state.runtime  # type: ignore[no-any-return]
 
 
+def header(connection: ASGIConnection[Any, Any, Any, Any], name: bytes) -> str | None:
+    """The first value of the request header ``name`` (lower case, as ASGI sends names).
+
+    Read from the scope: ``connection.headers`` would build a copy of every header and
+    cache it in the scope, held for as long as an SSE stream stays open."""
+    for key, value in connection.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 def bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The request's token: ``Authorization: Bearer …``, else ``?access_token=`` (EventSource
     cannot set headers; such URLs are masked in the access log)."""
-    header = connection.headers.get("authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip() or None
+    value = header(connection, b"authorization") or ""
+    if value[:7].lower() == "bearer ":
+        return value[7:].strip() or None
     return connection.query_params.get("access_token") or None
 
 

@@ -66,6 +66,8 @@ class AguiStream(EventStream):
     ``POST …/agui``); None follows the session across runs.
     """
 
+    __slots__ = ("done", "encoder", "until_run")
+
     def __init__(
         self, *args: Any, encoder: AguiEncoder, until_run: str | None = None, **kwargs: Any
     ) -> None:

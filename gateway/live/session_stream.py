@@ -53,6 +53,30 @@ class EventStream:
     ``event: close`` ``{"reason": "token_expired"}`` (a mux session ends with its mux).
     """
 
+    # Held by every idle viewer for as long as it stays: no per-instance __dict__.
+    __slots__ = (
+        "_committed",
+        "_last_commit",
+        "_stopped",
+        "_sub",
+        "consumer",
+        "consumers",
+        "deps",
+        "epoch",
+        "expires",
+        "hub",
+        "kind",
+        "last",
+        "metrics",
+        "mux",
+        "pending_reset",
+        "sessions",
+        "settings",
+        "sid",
+        "sid_json",
+        "slot",
+    )
+
     def __init__(
         self,
         deps: StreamDeps,

@@ -28,7 +28,7 @@ from gateway.agent.publisher import EventIn, new_run_id
 from gateway.api.deps import Call, CallDep, check_id
 from gateway.api.runtime import Runtime
 from gateway.api.schemas import RunAccepted
-from gateway.api.sse import SSE_HEADERS, last_event_id
+from gateway.api.sse import last_event_id, sse, sse_headers
 from gateway.core import frames as wire
 from gateway.core import offsets
 from gateway.core.cursors import OffsetAhead, Start, resolve
@@ -45,7 +45,7 @@ from gateway.store.sessions import PublishRejected
 
 log = logging.getLogger(__name__)
 
-STREAM_HEADERS = {**SSE_HEADERS, **ai_sdk.HEADERS}
+STREAM_HEADERS = sse_headers(ai_sdk.HEADERS)
 
 
 class ChatStream(EventStream):
@@ -53,6 +53,8 @@ class ChatStream(EventStream):
     ``data:`` lines (all the AI SDK reads), the last chunk of each event with ``id:
     <offset>``. The encoder sees the run from its ``run.started``; chunks of events up to
     ``skip_seq`` (a resume after ``Last-Event-ID``) are not sent again."""
+
+    __slots__ = ("encoder", "skip_seq")
 
     def __init__(
         self,
@@ -127,7 +129,7 @@ async def _respond(
         expires=call.who.expires,
     )
     stream.skip_seq = skip_seq
-    return Stream(ui_stream(rt, stream), media_type="text/event-stream", headers=STREAM_HEADERS)
+    return sse(ui_stream(rt, stream), STREAM_HEADERS)
 
 
 async def _start_run(rt: Runtime, sid: str, text: str) -> tuple[str, Start]:
