@@ -69,7 +69,19 @@ class Settings(BaseSettings):
     gc_freeze: bool = Field(
         default=False,
         description="gc.freeze() once started, so the collector stops re-scanning start-up "
-        "objects (`gateway serve` turns it on).",
+        "objects, and again every gc_freeze_interval (`gateway serve` turns it on).",
+    )
+    gc_freeze_interval: float = Field(
+        default=10.0,
+        ge=0,
+        description="With gc_freeze: seconds between freezes of what survived a young "
+        "collection, so full collections skip long-lived streams (0: only at start-up).",
+    )
+    gc_full_interval: float = Field(
+        default=300.0,
+        ge=0,
+        description="With gc_freeze: seconds between full collections of frozen objects "
+        "(frees garbage cycles among them; 0: never).",
     )
     auto_commit_interval: float = Field(default=0.25, gt=0)
     queue_size: int = Field(default=512, ge=8, description="Live events buffered per viewer.")

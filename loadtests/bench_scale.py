@@ -108,6 +108,7 @@ def live(run: Run) -> dict[str, Any]:
             rss_open = server.rss()
             clients = server.redis_clients()
             cpu0 = server.cpu()
+            gc_open = gc_pauses(f"http://127.0.0.1:{server.port}/metrics")
             pub = run.publisher.call(
                 cmd="paced",
                 sessions=sessions,
@@ -138,6 +139,16 @@ def live(run: Run) -> dict[str, Any]:
                 ended += res["ended"]
             lat.sort()
             run.publisher.call(cmd="finish", sessions=sessions, timeout=120)
+            gc_end = gc_pauses(f"http://127.0.0.1:{server.port}/metrics")
+            # The collections while events flowed (those of the opening burst left out).
+            out["gc"] = {
+                gen: {
+                    "count": v["count"] - gc_open.get(gen, {}).get("count", 0.0),
+                    "sum_s": v["sum_s"] - gc_open.get(gen, {}).get("sum_s", 0.0),
+                    "max_le_s": v["max_le_s"],
+                }
+                for gen, v in gc_end.items()
+            }
             out.update(
                 {
                     "viewers": cfg.live_viewers,
@@ -188,8 +199,41 @@ def live(run: Run) -> dict[str, Any]:
         f"{out['gaps']}, dups {out['duplicates']}, failed opens {out['failed_opens']}, ended "
         f"{out['ended_streams']}), server cpu {out['server_cpu']:.0%}, "
         f"RSS +{out['rss_per_viewer_kib']:.1f} KiB/viewer, Redis clients {out['redis_clients']},"
-        f" publisher lag max {out['publisher_max_lag_s'] * 1000:.0f} ms"
+        f" publisher lag max {out['publisher_max_lag_s'] * 1000:.0f} ms; GC pauses "
+        + ", ".join(
+            f"gen {g}: {v['count']:.0f} ({v['sum_s'] * 1000:.0f} ms)"
+            for g, v in sorted(out.get("gc", {}).items())
+        )
     )
+    return out
+
+
+def gc_pauses(metrics_url: str) -> dict[str, dict[str, float]]:
+    """The gateway's ``gateway_gc_pause_seconds`` by generation: collections, total seconds
+    and the upper bound of the slowest bucket hit since start (empty if the scrape fails)."""
+    try:
+        text = httpx.get(metrics_url, timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    prev: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("gateway_gc_pause_seconds"):
+            continue
+        name, _, value = line.rpartition(" ")
+        gen = name.split('generation="', 1)[1].split('"', 1)[0]
+        g = out.setdefault(gen, {"count": 0.0, "sum_s": 0.0, "max_le_s": 0.0})
+        if name.startswith("gateway_gc_pause_seconds_count"):
+            g["count"] = float(value)
+        elif name.startswith("gateway_gc_pause_seconds_sum"):
+            g["sum_s"] = float(value)
+        elif name.startswith("gateway_gc_pause_seconds_bucket"):
+            le = name.split('le="', 1)[1].split('"', 1)[0]
+            if float(value) > prev.get(gen, 0.0) and le != "+Inf":
+                g["max_le_s"] = float(le)
+            elif float(value) > prev.get(gen, 0.0):
+                g["max_le_s"] = float("inf")
+            prev[gen] = float(value)
     return out
 
 

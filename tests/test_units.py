@@ -237,3 +237,34 @@ def test_gc_pauses_are_timed_while_watched() -> None:
         m.unwatch_gc()
     gc.collect()
     assert collections() == 1  # not watched any more
+
+
+async def test_the_collector_keeps_long_lived_objects_frozen_and_frees_cycles_at_full() -> None:
+    """collector.keep_frozen: survivors are frozen every interval (full collections skip
+    them); at the full interval a cycle that became garbage among frozen objects is freed."""
+    import gc
+    import weakref
+
+    from gateway.api import collector
+
+    class Node:
+        other: object = None
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a reference cycle, alive for now
+    gone = weakref.ref(a)
+    frozen_before = gc.get_freeze_count()
+    task = asyncio.create_task(collector.keep_frozen(0.01, 0.0))
+    try:
+        while gc.get_freeze_count() <= frozen_before:  # frozen with the rest of what is alive
+            await asyncio.sleep(0.01)
+        del a, b
+        gc.collect()
+        assert gone() is not None  # a frozen cycle waits for a full collection
+        task.cancel()
+        task = asyncio.create_task(collector.keep_frozen(0.01, 0.01))
+        while gone() is not None:  # the full collection unfreezes and frees it
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        gc.unfreeze()

@@ -5,7 +5,6 @@ OpenAPI schema at ``/schema`` and the static viewer UI."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import threading
@@ -22,6 +21,7 @@ from litestar.static_files import create_static_files_router
 from gateway import durable
 from gateway.agent.leases import reap_forever
 from gateway.agent.publisher import Publisher
+from gateway.api import collector
 from gateway.api.auth import Authenticator
 from gateway.api.deps import DEPENDENCIES, authorize
 from gateway.api.errors import EXCEPTION_HANDLERS, reject_cross_site
@@ -117,10 +117,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         restore_signals = drain_on_signals(rt)
         m.watch_gc()
         if settings.gc_freeze:
-            # Everything alive now (modules, routes, pools) lives as long as the process: the
-            # cyclic collector need not walk it again on every full collection.
-            gc.collect()
-            gc.freeze()
+            # Everything alive now (modules, routes, pools) lives as long as the process, and
+            # open streams for long: full collections need not walk them (collector.py).
+            collector.freeze_now()
+            keeper = collector.keep_frozen(settings.gc_freeze_interval, settings.gc_full_interval)
+            rt.background.append(asyncio.create_task(keeper, name="gc-freeze"))
         try:
             yield
         finally:
