@@ -64,14 +64,14 @@ def metrics(results: dict[str, Any]) -> dict[str, float]:
 
 def targets(m: dict[str, float], cfg: Config) -> list[dict[str, Any]]:
     """Appends ≥ 1.0x the reference server's rate; SSE p99 no worse than its."""
-    from loadtests.bench_extra import _target
+    from loadtests.bench_report import target_row
 
     if "durable.appends_ratio" not in m:
         return []
     where = "Durable Streams, vs the Node reference server"
     return [
-        _target("appends/s", where, m["durable.appends_ratio"], ">=", 1.0, "x"),
-        _target(
+        target_row("appends/s", where, m["durable.appends_ratio"], ">=", 1.0, "x"),
+        target_row(
             "SSE p99 (reference / gateway)", where, m["durable.sse_p99_advantage"], ">=", 1.0, "x"
         ),
     ]

@@ -60,34 +60,19 @@ def metrics(results: dict[str, Any], cfg: Config) -> dict[str, float]:
     return out
 
 
-def _target(
-    name: str, where: str, value: float, op: str, limit: float, unit: str
-) -> dict[str, Any]:
-    met = value <= limit if op == "<=" else value >= limit
-    margin = (limit - value) / limit if op == "<=" else (value - limit) / limit
-    return {
-        "target": name,
-        "where": where,
-        "value": value,
-        "op": op,
-        "limit": limit,
-        "unit": unit,
-        "met": met,
-        "margin": margin,
-    }
-
-
 def targets(m: dict[str, float], cfg: Config) -> list[dict[str, Any]]:
+    from loadtests.bench_report import target_row
+
     out = []
     if "live.p99_ms" in m:
         where = (
             f"{cfg.live_viewers:,} live viewers, {cfg.live_sessions:,} sessions, "
             f"{cfg.live_rate:,.0f} events/s"
         )
-        out.append(_target("latency p99, live viewers", where, m["live.p99_ms"], "<=", 50, "ms"))
+        out.append(target_row("latency p99, live viewers", where, m["live.p99_ms"], "<=", 50, "ms"))
     if "cores.ratio" in m:
         out.append(
-            _target("--workers 2 / --workers 1", "fan-out", m["cores.ratio"], ">=", 1.7, "x")
+            target_row("--workers 2 / --workers 1", "fan-out", m["cores.ratio"], ">=", 1.7, "x")
         )
     levels = sorted(
         int(k.split(".")[1])
@@ -98,17 +83,17 @@ def targets(m: dict[str, float], cfg: Config) -> list[dict[str, Any]]:
         n = levels[-1]
         where = f"at {n:,} idle viewers (50,000 not measurable here)"
         out.append(
-            _target(
+            target_row(
                 "RSS per idle viewer", where, m[f"scale.{n}.rss_per_viewer_kib"], "<=", 20, "KiB"
             )
         )
         out.append(
-            _target(
+            target_row(
                 "Redis connections (scale)", where, m[f"scale.{n}.redis_clients_max"], "<=", 8, ""
             )
         )
         out.append(
-            _target(
+            target_row(
                 "heartbeat lateness p99",
                 where,
                 max(m[f"scale.{n}.hb_late_p99_ms"], 0.0),

@@ -128,24 +128,27 @@ def targets(m: dict[str, float], cfg: Config) -> list[dict[str, Any]]:
         ("reattach: end of the backlog", f"{cfg.backlog:,} events",
          m["gateway.reattach.backlog_ms"], "<=", 500, "ms"),
     ]  # fmt: skip
-    out = []
-    for name, where, value, op, target, unit in rows:
-        met = value <= target if op == "<=" else value >= target
-        # how far from the target, as a share of it (positive: room left; negative: missed by)
-        margin = (target - value) / target if op == "<=" else (value - target) / target
-        out.append(
-            {
-                "target": name,
-                "where": where,
-                "value": value,
-                "op": op,
-                "limit": target,
-                "unit": unit,
-                "met": met,
-                "margin": margin,
-            }
-        )
-    return out
+    return [target_row(*row) for row in rows]
+
+
+def target_row(
+    name: str, where: str, value: float, op: str, limit: float, unit: str
+) -> dict[str, Any]:
+    """One target against its measured ``value`` (``op`` ``<=`` or ``>=`` ``limit``), as the
+    report and ``results.json`` carry it."""
+    met = value <= limit if op == "<=" else value >= limit
+    # how far from the target, as a share of it (positive: room left; negative: missed by)
+    margin = (limit - value) / limit if op == "<=" else (value - limit) / limit
+    return {
+        "target": name,
+        "where": where,
+        "value": value,
+        "op": op,
+        "limit": limit,
+        "unit": unit,
+        "met": met,
+        "margin": margin,
+    }
 
 
 def ratios(m: dict[str, float], cfg: Config) -> list[dict[str, Any]]:
