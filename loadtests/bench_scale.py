@@ -142,11 +142,7 @@ def live(run: Run) -> dict[str, Any]:
             gc_end = gc_pauses(f"http://127.0.0.1:{server.port}/metrics")
             # The collections while events flowed (those of the opening burst left out).
             out["gc"] = {
-                gen: {
-                    "count": v["count"] - gc_open.get(gen, {}).get("count", 0.0),
-                    "sum_s": v["sum_s"] - gc_open.get(gen, {}).get("sum_s", 0.0),
-                    "max_le_s": v["max_le_s"],
-                }
+                gen: {k: v[k] - gc_open.get(gen, {}).get(k, 0.0) for k in ("count", "sum_s")}
                 for gen, v in gc_end.items()
             }
             out.update(
@@ -209,31 +205,19 @@ def live(run: Run) -> dict[str, Any]:
 
 
 def gc_pauses(metrics_url: str) -> dict[str, dict[str, float]]:
-    """The gateway's ``gateway_gc_pause_seconds`` by generation: collections, total seconds
-    and the upper bound of the slowest bucket hit since start (empty if the scrape fails)."""
+    """The gateway's ``gateway_gc_pause_seconds`` by generation since it started:
+    ``{"count": collections, "sum_s": seconds in all}`` (empty if the scrape fails)."""
     try:
         text = httpx.get(metrics_url, timeout=10).text
     except httpx.HTTPError:
         return {}
     out: dict[str, dict[str, float]] = {}
-    prev: dict[str, float] = {}
     for line in text.splitlines():
-        if not line.startswith("gateway_gc_pause_seconds"):
-            continue
-        name, _, value = line.rpartition(" ")
-        gen = name.split('generation="', 1)[1].split('"', 1)[0]
-        g = out.setdefault(gen, {"count": 0.0, "sum_s": 0.0, "max_le_s": 0.0})
-        if name.startswith("gateway_gc_pause_seconds_count"):
-            g["count"] = float(value)
-        elif name.startswith("gateway_gc_pause_seconds_sum"):
-            g["sum_s"] = float(value)
-        elif name.startswith("gateway_gc_pause_seconds_bucket"):
-            le = name.split('le="', 1)[1].split('"', 1)[0]
-            if float(value) > prev.get(gen, 0.0) and le != "+Inf":
-                g["max_le_s"] = float(le)
-            elif float(value) > prev.get(gen, 0.0):
-                g["max_le_s"] = float("inf")
-            prev[gen] = float(value)
+        for suffix, key in (("_count{", "count"), ("_sum{", "sum_s")):
+            if line.startswith("gateway_gc_pause_seconds" + suffix):
+                name, _, value = line.rpartition(" ")
+                gen = name.split('generation="', 1)[1].split('"', 1)[0]
+                out.setdefault(gen, {"count": 0.0, "sum_s": 0.0})[key] = float(value)
     return out
 
 
