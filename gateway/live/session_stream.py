@@ -240,8 +240,7 @@ class EventStream:
             if sub.events or sub.kicked or sub.overflowed or sub.draining:
                 continue
             uncommitted = self._uncommitted()
-            now = alarms.loop.time()
-            timeout = next_beat - now
+            timeout = next_beat - alarms.loop.time()
             if uncommitted:
                 timeout = min(timeout, self.settings.auto_commit_interval)
             if not await alarms.wait(sub.wakeup, until(max(0.0, timeout), self.expires)):
@@ -251,7 +250,7 @@ class EventStream:
                     await self._auto_commit(final=True)
                     continue
                 if alarms.loop.time() < next_beat:
-                    continue  # woken for the commit above, or early by the token's expiry
+                    continue  # cut short for the token's expiry (its clock is not the loop's)
                 # Fixed rate: the next beat is due one interval after this one was *due*, so
                 # the head check's round trip and event-loop lag do not add up beat after
                 # beat. A stream that fell a whole interval behind starts afresh.

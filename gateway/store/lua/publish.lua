@@ -51,9 +51,9 @@ if window then
     local e, f, l, ts = string.match(window, '^%d+ (%S+) (%d+) (%d+) (%d+)', at)
     return {'ok', e, tonumber(f), tonumber(l), tonumber(ts)}
   end
-  -- A sequence older than the window is appended as new: concurrent publishes of one
-  -- producer can wait for a pooled connection in any order, so an old sequence is far more
-  -- likely a batch that never ran than a retry of one that did (retries are immediate).
+  -- Not listed: a batch that never ran (concurrent publishes of one producer reach Redis
+  -- in any order), appended as new. A retry finds its first result while its sequence is
+  -- at or above the low-water mark the window is kept from (see below).
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -165,9 +165,9 @@ end
 if touched then redis.call('SET', lease, 'queued', 'PX', pickup) end
 redis.call('HSET', meta, 'seq', seq, 'updated_ms', now)
 if pid ~= '' then
-  -- Keep the window ordered by producer sequence, its newest WINDOW batches. A new sequence
-  -- almost always goes last (appended without parsing the window); concurrent batches that
-  -- arrived out of order are inserted in place.
+  -- Keep the window ordered by producer sequence. A new sequence almost always goes last
+  -- (appended without parsing the window); concurrent batches that arrived out of order are
+  -- inserted in place.
   local entry = pseq .. ' ' .. epoch .. ' ' .. first .. ' ' .. seq .. ' ' .. now
   local out
   if not window then
